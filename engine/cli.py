@@ -1,0 +1,215 @@
+"""`otl`: a thin layer over the Python API. Each subcommand parses into a config and calls one function.
+
+Every command prints a short human summary; with --json it prints exactly one JSON object on
+stdout (progress and warnings go to stderr).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+
+EMULATION_NOTE = ("fp16 on ONNX Runtime CPU is an accuracy emulation: x86 has no fp16 kernels, "
+                  "ONNX Runtime wraps casts around each node, so it runs slower than fp32")
+
+
+# ----------------------------------------------------------------------------- argument groups
+
+
+def _engine_args(p: argparse.ArgumentParser, precision_default="fp32") -> None:
+    from engine.backbones import MODELS
+    from engine.build import PRECISIONS
+    from engine.runners import BACKENDS
+
+    g = p.add_argument_group("engine")
+    g.add_argument("--model", default="densenet169", help=f"backbone: {', '.join(MODELS)} (default densenet169)")
+    g.add_argument("--cut", default=None, help="cut name (see `otl cuts MODEL`); default: the model's default cut")
+    g.add_argument("--weights", default="imagenet", help="imagenet | random | PATH to a state_dict")
+    g.add_argument("--precision", default=precision_default, choices=None, help=f"{' | '.join(PRECISIONS)}")
+    g.add_argument("--backend", default="auto", help=f"{' | '.join(BACKENDS)} (auto: TensorRT if usable, else ONNX Runtime)")
+    g.add_argument("--input-size", type=int, default=None, help="square input size (default: the weights' crop size)")
+    g.add_argument("--threads", type=int, default=None, help="intra-op threads of the runner")
+    g.add_argument("--force", action="store_true", help="rebuild even when the manifest key is unchanged")
+    g.add_argument("--calibration-images", type=int, default=512, help="int8: images used for calibration")
+    g.add_argument("--calibration-method", default="entropy", help="int8: entropy | max | percentile")
+
+
+def _data_args(p: argparse.ArgumentParser, data_required=False) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=None, required=data_required,
+                   help="image folder: DIR/{train,validation,test}/<class>/* or DIR/<class>/*; default: embedded digits")
+    g.add_argument("--test-fraction", type=float, default=0.2, help="held-out fraction for DIR/<class>/* layouts")
+    g.add_argument("--validation-fraction", type=float, default=0.0,
+                   help="validation fraction of train when DIR has no validation/ folder")
+    g.add_argument("--strict", action="store_true", help="fail on unreadable images instead of skipping them")
+    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--workers", type=int, default=None, help="image decoding workers")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, default=0, help="seed for random weights, splits and projections")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _engine_config(a: argparse.Namespace, out=None):
+    from engine.build import EngineConfig
+
+    return EngineConfig(model=a.model, cut=a.cut, weights=a.weights, seed=a.seed, precision=a.precision,
+                        backend=a.backend, input_size=a.input_size, out=out, data=getattr(a, "data", None),
+                        calibration_images=a.calibration_images, calibration_method=a.calibration_method,
+                        batch_size=getattr(a, "batch_size", 32), threads=a.threads, force=a.force)
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_cuts(a) -> dict:
+    from engine.backbones import list_cuts
+
+    rows = list_cuts(a.model, a.input_size or 224)
+    if not a.json:
+        print(f"{a.model}: {len(rows)} cuts at {a.input_size or 224}x{a.input_size or 224} (* = default)")
+        for r in rows:
+            shape = "x".join(map(str, r["shape"]))
+            print(f"  {'*' if r['default'] else ' '} {r['cut']:<20} {shape:>14} {r['features']:>10,} features")
+    return {"model": a.model, "cuts": rows}
+
+
+def cmd_engines(a) -> dict:
+    from engine.build import build_engine
+
+    res = build_engine(_engine_config(a, out=a.out))
+    if res["emulated"]:
+        res["note"] = EMULATION_NOTE
+    if not a.json:
+        state = "built" if res["rebuilt"] else "up to date (manifest key unchanged)"
+        print(f"engine {res['model']} cut {res['cut']} ({res['features']:,} features), {res['precision']} on "
+              f"{res['backend']}: {state}\n  onnx:   {res['onnx']}\n  engine: {res['engine']}")
+        if res.get("calibration"):
+            c = res["calibration"]
+            print(f"  int8: {c.get('tensors')} tensors quantized, calibrated on {c.get('images')} images "
+                  f"({c.get('method')}) in {c.get('seconds', 0):.1f} s")
+        if res["emulated"]:
+            print(f"  note: {EMULATION_NOTE}")
+        print("  timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in res["timings"].items()))
+    return res
+
+
+def _engine_for(a):
+    """An Engine from --engine, or built (or reused) from the engine arguments."""
+    from engine.runtime import Engine
+
+    if a.engine:
+        return Engine(a.engine, backend=None if a.backend == "auto" else a.backend, threads=a.threads), None
+    from engine.build import build_engine
+
+    res = build_engine(_engine_config(a))
+    return Engine(res["build_dir"], threads=a.threads), res
+
+
+def cmd_featurize(a) -> dict:
+    from engine.data import load_splits
+    from engine.featurize import Featurizer
+    from engine.store import write_store
+    from engine.timing import Timings
+
+    t = Timings()
+    with t("engine"):
+        engine, _ = _engine_for(a)
+    with t("load_data"):
+        splits = load_splits(a.data, engine.preprocess, test_fraction=a.test_fraction,
+                             validation_fraction=a.validation_fraction, seed=a.seed, strict=a.strict)
+    parts = {"train": splits.train, "validation": splits.validation, "test": splits.test}
+    with t("featurize"), Featurizer(engine, a.batch_size, a.workers, progress=False if a.quiet else None) as f:
+        manifest = write_store(a.out, f, parts, fmt=a.format, encoder=a.encode, classes=splits.classes,
+                               source=splits.source)
+    rows = {k: v["rows"] for k, v in manifest["splits"].items()}
+    n = sum(rows.values())
+    res = {"store": a.out, "engine": engine.describe(), "format": a.format, "rows": rows,
+           "features": manifest["n_features"], "images_per_second": round(n / max(t.seconds["featurize"], 1e-9), 2),
+           "timings": t.as_dict()}
+    if not a.json:
+        print(f"feature store {a.out}: {rows} rows x {manifest['n_features']:,} features ({a.format}), "
+              f"{res['images_per_second']} images/s on {engine.backend} {engine.precision}")
+        if engine.manifest.get("emulated"):
+            print(f"  note: {EMULATION_NOTE}")
+    return res
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="otl", description="Optical transfer learning: engines, features, gradient-free training.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("cuts", help="list the valid cuts of a model with output shapes")
+    c.add_argument("model")
+    c.add_argument("--input-size", type=int, default=None)
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_cuts)
+
+    e = sub.add_parser("engines", help="export, convert/calibrate and build an engine")
+    _engine_args(e)
+    _data_args(e)
+    _common(e)
+    e.add_argument("--out", default=None, help="build folder (default builds/<model>-<cut>-<weights>-<precision>)")
+    e.set_defaults(func=cmd_engines)
+
+    f = sub.add_parser("featurize", help="featurize a dataset into a feature store")
+    _engine_args(f)
+    _data_args(f)
+    _common(f)
+    f.add_argument("--engine", default=None, help="an engine build folder (else built from the engine arguments)")
+    f.add_argument("--out", required=True, help="feature store folder to write")
+    f.add_argument("--format", default="bits", help="bits (packed, after --encode) | float16 | float32")
+    f.add_argument("--encode", default="sign", help="sign | threshold:T (for the bits format)")
+    f.set_defaults(func=cmd_featurize)
+
+    _register_training(sub, _engine_args, _data_args, _common)
+    return p
+
+
+def _register_training(sub, *groups) -> None:
+    try:
+        from engine.train_cli import register
+    except ImportError:  # training commands arrive with the training module
+        return
+    register(sub, *groups)
+
+
+def known_errors() -> tuple:
+    from engine.artifacts import ArtifactError
+    from engine.backbones import BackboneError
+    from engine.build import BuildError
+    from engine.runners import RunnerError
+
+    errs = [ArtifactError, BackboneError, BuildError, RunnerError, ValueError, FileNotFoundError, ImportError]
+    return tuple(errs)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "quiet", False):
+        warnings.simplefilter("ignore")
+    t0 = time.perf_counter()
+    try:
+        res = args.func(args)
+    except known_errors() as e:
+        msg = f"{type(e).__name__}: {e}"
+        if getattr(args, "json", False):
+            print(json.dumps({"error": msg, "command": args.command}))
+        print(f"otl {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    if args.json:
+        res = dict(res)
+        res.setdefault("timings", {})["total"] = round(time.perf_counter() - t0, 4)
+        print(json.dumps(res, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""Feature store: featurize once, fit many projections and alphas.
+
+A folder with, per split, `<split>.features.bin` (raw rows, memory-mapped when read) and
+`<split>.labels.npy`, plus a manifest naming the engine (its key), the format and the encoder.
+Formats: `bits` (binarized and bit-packed, k/8 bytes a row: what training consumes), `float16`
+and `float32` (raw features, for other encoders or inspection). The folder is written under a
+temporary name and renamed when complete: a half-written store is never read.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from engine.artifacts import ArtifactError, file_entry, read_manifest, write_manifest
+
+FORMATS = ("bits", "float16", "float32")
+
+
+def write_store(path, featurizer, splits: dict, fmt: str = "bits", encoder: str = "sign",
+                classes: list[str] | None = None, source: dict | None = None) -> dict:
+    """Featurize each dataset in `splits` ({"train": ds, ...}) into a store at `path`."""
+    from kernels.encode import packbits, parse_encoder
+
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown feature store format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    enc = parse_encoder(encoder)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        split_info, n_features = {}, None
+        for name, ds in splits.items():
+            if ds is None:
+                continue
+            rows, labels = 0, []
+            with open(tmp / f"{name}.features.bin", "wb") as f:
+                for feats, y in featurizer.featurize(ds, desc=f"featurize {name}"):
+                    feats = _host(feats)
+                    n_features = feats.shape[1]
+                    if fmt == "bits":
+                        block = _host(packbits(enc(feats)))
+                    else:
+                        block = feats.astype(fmt, copy=False)
+                    f.write(np.ascontiguousarray(block).tobytes())
+                    labels.append(np.asarray(y, dtype=np.int64))
+                    rows += len(y)
+            np.save(tmp / f"{name}.labels.npy", np.concatenate(labels) if labels else np.zeros(0, np.int64))
+            split_info[name] = {"rows": rows}
+        files = {}
+        for name in split_info:
+            for part in ("features.bin", "labels.npy"):
+                files[f"{name}.{part}"] = file_entry(tmp / f"{name}.{part}", tmp)
+        engine = featurizer.engine.describe() if featurizer.engine is not None else None
+        manifest = {
+            "kind": "otl-feature-store", "format": fmt, "encoder": enc.to_dict(), "n_features": n_features,
+            "row_bytes": _row_bytes(fmt, n_features), "splits": split_info, "classes": classes,
+            "engine": engine, "source": source, "files": files,
+        }
+        write_manifest(tmp, manifest)
+        if path.exists():  # replace a previous store only once the new one is complete
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _row_bytes(fmt: str, k: int | None) -> int | None:
+    if k is None:
+        return None
+    return (k + 7) // 8 if fmt == "bits" else k * np.dtype(fmt).itemsize
+
+
+def _host(a):
+    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
+
+
+class FeatureStore:
+    """Read side: memory-mapped features per split, labels, and batch iteration."""
+
+    def __init__(self, path, engine_key: str | None = None):
+        self.root = Path(path)
+        self.manifest = read_manifest(self.root, "feature store")
+        if self.manifest.get("kind") != "otl-feature-store":
+            raise ArtifactError(f"{self.root} is not a feature store (manifest kind {self.manifest.get('kind')!r})")
+        eng = self.manifest.get("engine") or {}
+        if engine_key is not None and eng.get("key") != engine_key:
+            raise ArtifactError(
+                f"feature store {self.root} was made by engine {eng.get('build_dir')} (key {str(eng.get('key'))[:12]}), "
+                f"not by the engine asked for (key {engine_key[:12]}); featurize again with that engine"
+            )
+        self.format = self.manifest["format"]
+        self.n_features = self.manifest["n_features"]
+        self.classes = self.manifest.get("classes")
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.manifest["splits"])
+
+    def rows(self, split: str) -> int:
+        return int(self.manifest["splits"][split]["rows"])
+
+    def raw(self, split: str) -> np.ndarray:
+        """The stored rows, memory-mapped: (n, k/8) uint8 for bits, (n, k) float otherwise."""
+        if split not in self.manifest["splits"]:
+            raise KeyError(f"split {split!r} is not in store {self.root}; it has {self.splits}")
+        n, rb = self.rows(split), self.manifest["row_bytes"] or 0
+        dtype = np.uint8 if self.format == "bits" else np.dtype(self.format)
+        width = rb if self.format == "bits" else self.n_features
+        if n == 0:
+            return np.zeros((0, width), dtype)
+        return np.memmap(self.root / f"{split}.features.bin", dtype=dtype, mode="r", shape=(n, width))
+
+    def labels(self, split: str) -> np.ndarray:
+        return np.load(self.root / f"{split}.labels.npy")
+
+    def iter_batches(self, split: str, batch_size: int = 1024, encoder=None):
+        """Yields (X, y): X is (B, k) uint8 bits for a bits store (already encoded: `encoder` must be
+        None or the store's own), else the encoded raw features when an encoder is given."""
+        from kernels.encode import parse_encoder, unpackbits
+
+        raw, y = self.raw(split), self.labels(split)
+        if self.format == "bits" and encoder is not None:
+            if parse_encoder(encoder).to_dict() != self.manifest["encoder"]:
+                raise ArtifactError(
+                    f"store {self.root} holds bits encoded with {self.manifest['encoder']}, not {encoder!r}; "
+                    "write a float16 store to try other encoders"
+                )
+        enc = parse_encoder(encoder) if (encoder is not None and self.format != "bits") else None
+        for i in range(0, len(y), batch_size):
+            block = np.asarray(raw[i:i + batch_size])
+            if self.format == "bits":
+                block = unpackbits(block, self.n_features)
+            elif enc is not None:
+                block = enc(block.astype(np.float32))
+            yield block, y[i:i + batch_size]
+
+    def describe(self) -> dict:
+        return {"path": str(self.root), **{k: self.manifest[k] for k in ("format", "n_features", "splits")},
+                "encoder": self.manifest["encoder"], "engine": (self.manifest.get("engine") or {}).get("key")}
+
+
+def store_summary(path) -> str:
+    return json.dumps(FeatureStore(path).describe())

@@ -1,0 +1,81 @@
+"""Small helpers shared by every layer: atomic file writes, hashing, the array module.
+
+Lives in kernels/ because kernels/ is the bottom of the dependency order
+(engine -> calibration -> kernels), so every package may import it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def get_array_module(*arrays):
+    """Return cupy when any argument is a CuPy array, else numpy (cupy is imported only if loaded)."""
+    import sys
+
+    cupy = sys.modules.get("cupy")
+    if cupy is not None:
+        return cupy.get_array_module(*arrays)
+    import numpy
+
+    return numpy
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` through a temporary file in the same folder and os.replace.
+
+    A reader never sees a half-written file: either the old file or the new one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_json(obj: Any) -> str:
+    """Hash of a JSON-serializable object, independent of key order."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def check_finite(x, stage: str):
+    """Raise ValueError naming `stage` when array `x` holds NaN or Inf; return x unchanged.
+
+    One reduction over x (cheap next to the GEMMs it guards); works for NumPy and CuPy arrays.
+    """
+    xp = get_array_module(x)
+    x = xp.asarray(x)
+    if x.dtype.kind in "fc" and not bool(xp.isfinite(x).all()):
+        n_nan, n_inf = int(xp.isnan(x).sum()), int(xp.isinf(x).sum())
+        raise ValueError(f"{stage}: found {n_nan} NaN and {n_inf} Inf values in an array of shape "
+                         f"{tuple(x.shape)}; fix the upstream stage (check inputs, precision and scales)")
+    return x
