@@ -187,7 +187,8 @@ def known_errors() -> tuple:
     from engine.build import BuildError
     from engine.runners import RunnerError
 
-    errs = [ArtifactError, BackboneError, BuildError, RunnerError, ValueError, FileNotFoundError, ImportError]
+    errs = [ArtifactError, BackboneError, BuildError, RunnerError, ValueError, FileNotFoundError, ImportError,
+            MemoryError]
     return tuple(errs)
 
 

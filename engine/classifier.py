@@ -1,0 +1,264 @@
+"""TransferClassifier: binarize -> optical random features -> streaming ridge, scikit-learn style.
+
+    clf = TransferClassifier(n_components=4000).fit(X, y, X_val=Xv, y_val=yv)   # X: (n, F) features
+    clf.predict(X_test); clf.score(X_test, y_test)
+
+`fit_stream` takes iterables of (features, labels) batches so a dataset never has to fit in memory:
+the only state that grows with the data is the (k, k) normal equations. Fitted attributes end in
+`_`. `save`/`load` write one .npz file (no pickle) holding everything needed to predict.
+"""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from engine.timing import Timings
+from kernels._util import atomic_write_bytes, check_finite, get_array_module
+
+# The reference's grid: mantissas 1, 3, 5, 7, 9 times 10^3 .. 10^5.
+REFERENCE_ALPHAS = tuple(float(m * 10 ** e) for e in (3, 4, 5) for m in (1, 3, 5, 7, 9))
+PROJECTIONS = ("sim", "lightonml", "none")
+FORMAT_VERSION = 1
+
+
+class ModelFileError(ValueError):
+    """A classifier file that is corrupt, incomplete or for another engine."""
+
+
+def make_projection(kind: str, n_components: int, seed: int, **options):
+    from kernels.projection import LightOnOPU, SimulatedOPU
+
+    if kind not in PROJECTIONS:
+        raise ValueError(f"unknown projection {kind!r}; expected one of {', '.join(PROJECTIONS)}")
+    if kind != "none" and (not isinstance(n_components, (int, np.integer)) or n_components <= 0):
+        raise ValueError(f"n_components must be a positive integer, got {n_components!r}")
+    if kind == "sim":
+        return SimulatedOPU(int(n_components), seed=seed, **options)
+    if kind == "lightonml":
+        return LightOnOPU(int(n_components), seed=seed)
+    return None
+
+
+class TransferClassifier:
+    # Engine batches are small (32); the Gram update costs a k x k pass per call whatever the rows,
+    # so projected rows are gathered into blocks of this many before each update.
+    accumulate_rows = 1024
+
+    def __init__(self, n_components: int = 4000, encoder: str = "sign", alphas=REFERENCE_ALPHAS,
+                 projection: str = "sim", seed: int = 0, fit_intercept: bool = True, solver: str = "auto",
+                 matrix_dtype: str = "float32", camera_bits: int | None = None):
+        self.n_components, self.encoder, self.alphas = n_components, encoder, alphas
+        self.projection, self.seed, self.fit_intercept, self.solver = projection, seed, fit_intercept, solver
+        self.matrix_dtype, self.camera_bits = matrix_dtype, camera_bits
+        self.timings_ = Timings()
+
+    # ------------------------------------------------------------------ feature path
+    def _setup(self):
+        from kernels.encode import parse_encoder
+        from kernels.ridge import check_alphas
+
+        self.alphas_ = check_alphas(self.alphas)
+        self.encoder_ = parse_encoder(self.encoder)
+        opts = {}
+        if self.projection == "sim":
+            opts = {"matrix_dtype": self.matrix_dtype, "camera_bits": self.camera_bits}
+        self.projection_ = make_projection(self.projection, self.n_components, self.seed, **opts)
+
+    def transform(self, X, encoded: bool = False):
+        """(n, F) features (or 0/1 bits when encoded) -> (n, k) float32 projected features."""
+        t = self.timings_
+        if not encoded:
+            with t("encode"):
+                check_finite(X, "featurization (engine output)")
+                X = self.encoder_(X)
+        if self.projection_ is None:
+            return X.astype(np.float32)
+        with t("project"):
+            if getattr(self.projection_, "n_features_", None) is None:
+                self.projection_.fit(X.shape[1])
+            Y = self.projection_.transform(X)
+            check_finite(Y, "projection")
+        return Y
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, X, y, X_val=None, y_val=None, batch_size: int = 1024, encoded: bool = False):
+        """Arrays in memory: X (n, F) float features (or bits), y (n,) class indices or names."""
+        classes, y_idx = np.unique(np.asarray(y), return_inverse=True)
+        val = None
+        if X_val is not None:
+            val = [(X_val[i:i + batch_size], _indices(classes, y_val[i:i + batch_size]))
+                   for i in range(0, len(X_val), batch_size)]
+        train = ((X[i:i + batch_size], y_idx[i:i + batch_size]) for i in range(0, len(X), batch_size))
+        return self.fit_stream(train, classes=list(classes), validation=val, encoded=encoded)
+
+    def fit_stream(self, batches, classes: list, validation=None, encoded: bool = False):
+        """One pass over (features, labels) batches; labels are indices into `classes`.
+
+        validation: an iterable of batches used to pick alpha; None: the first alpha... unless
+        the grid has one alpha, a validation set is required to choose.
+        """
+        from kernels.ridge import NormalEquations, one_vs_all_targets, select_alpha, solve_ridge
+
+        self._setup()
+        t = self.timings_
+        self.classes_ = list(classes)
+        if len(self.classes_) < 2:
+            raise ValueError(f"need at least 2 classes to train a classifier, got {self.classes_}")
+        ne = NormalEquations()
+        n = 0
+        for Y, y in _rebatch(((self.transform(X, encoded), y) for X, y in batches), self.accumulate_rows):
+            with t("solve"):
+                ne.update(Y, one_vs_all_targets(_asint(y, Y), len(self.classes_)))
+            n += len(y)
+        if n == 0:
+            raise ValueError("no training samples: the training split is empty")
+        self.n_train_ = n
+        with t("solve"):
+            path = ne.solve_path(self.alphas_, fit_intercept=self.fit_intercept, solver=self.solver)
+        self.validation_accuracy_ = None
+        if len(self.alphas_) == 1:
+            best = 0
+        elif validation is None:
+            raise ValueError(f"{len(self.alphas_)} alphas to choose from but no validation data; "
+                             "pass validation batches or a single alpha")
+        else:
+            Yv, yv = [], []
+            for X, y in validation:
+                Yv.append(self.transform(X, encoded))
+                yv.append(_asint(y, Yv[-1]))
+            xp = get_array_module(Yv[0])
+            with t("select_alpha"):
+                best, accs = select_alpha(path, xp.concatenate(Yv), xp.concatenate(yv))
+            self.validation_scores_ = dict(zip(map(float, self.alphas_), map(float, accs)))
+            self.validation_accuracy_ = float(accs[best])
+            self.n_validation_ = int(sum(len(v) for v in yv))
+        self.alpha_ = float(self.alphas_[best])
+        with t("solve"):  # the final solve is one Cholesky at the chosen alpha, whatever the grid used
+            G, B = ne.gram(self.fit_intercept)
+            W, used = solve_ridge(G, B, self.alpha_, solver="cholesky")
+            xp = get_array_module(W)
+            mt = ne.mean_t if self.fit_intercept else xp.zeros(B.shape[1])
+            my = ne.mean_y if self.fit_intercept else xp.zeros(G.shape[0])
+        self.coef_, self.intercept_ = W, mt - my @ W
+        self.solver_ = f"path={path.solver}; final={used}"
+        self.n_features_in_ = getattr(self.projection_, "n_features_", None) or G.shape[0]
+        return self
+
+    # ------------------------------------------------------------------ prediction
+    def decision_function(self, X, encoded: bool = False):
+        from kernels.ridge import predict_scores
+
+        Y = self.transform(X, encoded)
+        return predict_scores(Y, self.coef_, self.intercept_)
+
+    def predict_indices(self, X, encoded: bool = False):
+        xp = get_array_module(X)
+        return xp.argmax(self.decision_function(X, encoded), axis=1)
+
+    def predict(self, X, encoded: bool = False):
+        idx = _host(self.predict_indices(X, encoded))
+        return np.asarray(self.classes_, dtype=object)[idx]
+
+    def score(self, X, y, encoded: bool = False) -> float:
+        return float(np.mean(self.predict(X, encoded) == np.asarray(y, dtype=object)))
+
+    # ------------------------------------------------------------------ persistence
+    def state(self) -> tuple[dict, dict]:
+        """(JSON-able metadata, arrays) holding everything needed to predict."""
+        meta = {
+            "format": "otl-transfer-classifier", "format_version": FORMAT_VERSION,
+            "params": {k: getattr(self, k) for k in ("n_components", "encoder", "projection", "seed",
+                                                      "fit_intercept", "solver", "matrix_dtype", "camera_bits")},
+            "alphas": list(map(float, self.alphas_)), "alpha": self.alpha_, "classes": list(map(str, self.classes_)),
+            "encoder": self.encoder_.to_dict(), "solver_used": self.solver_, "n_train": self.n_train_,
+            "projection_state": self.projection_.to_dict() if self.projection_ is not None else None,
+            "validation_accuracy": self.validation_accuracy_,
+        }
+        return meta, {"coef": _host(self.coef_), "intercept": _host(self.intercept_)}
+
+    @classmethod
+    def from_state(cls, meta: dict, arrays: dict) -> "TransferClassifier":
+        from kernels.encode import Encoder
+        from kernels.projection import LightOnOPU, SimulatedOPU
+
+        p = dict(meta["params"])
+        clf = cls(alphas=meta["alphas"], **p)
+        clf.alphas_ = np.asarray(meta["alphas"])
+        clf.encoder_ = Encoder.from_dict(meta["encoder"])
+        ps = meta["projection_state"]
+        if ps is None:
+            clf.projection_ = None
+        elif ps.get("kind") == "SimulatedOPU":
+            clf.projection_ = SimulatedOPU.from_dict(ps)
+        else:
+            clf.projection_ = LightOnOPU.from_dict(ps) if hasattr(LightOnOPU, "from_dict") else \
+                make_projection("lightonml", p["n_components"], p["seed"])
+        clf.alpha_, clf.classes_, clf.solver_ = meta["alpha"], meta["classes"], meta["solver_used"]
+        clf.n_train_, clf.validation_accuracy_ = meta["n_train"], meta.get("validation_accuracy")
+        clf.coef_, clf.intercept_ = arrays["coef"], arrays["intercept"]
+        return clf
+
+
+def save_npz(path, meta: dict, arrays: dict) -> Path:
+    """One file: arrays plus a JSON metadata entry, written atomically. No pickle inside."""
+    buf = io.BytesIO()
+    np.savez(buf, __meta__=np.frombuffer(json.dumps(meta, default=str).encode(), dtype=np.uint8), **arrays)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def load_npz(path) -> tuple[dict, dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file {path} does not exist; train one with `otl fit --out {path}`")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        meta = json.loads(arrays.pop("__meta__").tobytes().decode())
+    except Exception as e:  # truncated zip, bad JSON, not an npz at all
+        raise ModelFileError(f"model file {path} is corrupt or not an otl model ({type(e).__name__}: {e}); "
+                             "retrain it with `otl fit`") from e
+    if meta.get("format") != "otl-model" and meta.get("format") != "otl-transfer-classifier":
+        raise ModelFileError(f"{path} is not an otl model file (format {meta.get('format')!r})")
+    return meta, arrays
+
+
+def _rebatch(pairs, rows: int):
+    """Concatenate (Y, y) batches into blocks of >= `rows` rows (the last may be smaller)."""
+    buf, have = [], 0
+    for Y, y in pairs:
+        buf.append((Y, y))
+        have += len(y)
+        if have >= rows:
+            yield _concat(buf)
+            buf, have = [], 0
+    if buf:
+        yield _concat(buf)
+
+
+def _concat(buf):
+    if len(buf) == 1:
+        return buf[0]
+    xp = get_array_module(buf[0][0])
+    return xp.concatenate([b[0] for b in buf]), xp.concatenate([xp.asarray(b[1]) for b in buf])
+
+
+def _indices(classes, y):
+    y = np.asarray(y)
+    idx = np.searchsorted(classes, y)
+    bad = (idx >= len(classes)) | (np.asarray(classes)[np.minimum(idx, len(classes) - 1)] != y)
+    if bad.any():
+        raise ValueError(f"classes {sorted(set(y[bad].tolist()))} were never seen in training "
+                         f"(training classes: {list(classes)})")
+    return idx
+
+
+def _asint(y, like):
+    xp = get_array_module(like)
+    return xp.asarray(y, dtype=xp.int64)
+
+
+def _host(a):
+    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)

@@ -1,0 +1,170 @@
+"""ONNX export vs torch, fp16 graph, build folders (manifest, caching, interruption), the CLI."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from engine.artifacts import ArtifactError, read_manifest
+from engine.backbones import build_cut
+from engine.build import BuildError, EngineConfig, build_engine
+from engine.runners import RunnerError, make_runner
+from engine.runtime import Engine
+
+from conftest import REPO, TINY
+
+
+def _torch_features(cfg: EngineConfig, x: np.ndarray) -> np.ndarray:
+    module, _ = build_cut(cfg.model, cfg.cut, cfg.weights, cfg.seed)
+    with torch.no_grad():
+        return module(torch.from_numpy(x)).numpy()
+
+
+def test_onnx_fp32_matches_torch(tiny_engine):
+    res, cfg = tiny_engine
+    model = onnx.load(res["onnx"])
+    onnx.checker.check_model(model)
+    assert model.opset_import[0].version >= 17
+    x = np.random.default_rng(0).standard_normal((5, 3, 64, 64), dtype=np.float32)  # batch 5: dynamic axis
+    ref = _torch_features(cfg, x)
+    with make_runner("onnxruntime", res["engine"], threads=2) as r:
+        got = r.infer(x)
+        one = r.infer(x[:1])
+    scale = np.abs(ref).max()
+    assert got.shape == ref.shape == (5, 8192)
+    assert np.abs(got - ref).max() <= 1e-4 * scale
+    assert np.abs(one - ref[:1]).max() <= 1e-4 * scale
+
+
+# fp16 keeps 11 significant bits; through ~20 conv/BN layers the error stays near 1e-3 of the
+# output scale. 1e-2 of the scale is the stated tolerance; sign agreement of the features > 99 %.
+FP16_TOL = 1e-2
+
+
+def test_fp16_graph_agrees_with_fp32(tmp_path, tiny_engine):
+    res32, cfg = tiny_engine
+    res = build_engine(EngineConfig(**TINY, precision="fp16", backend="onnxruntime", out=str(tmp_path / "b16")))
+    assert res["emulated"] and res["precision"] == "fp16"
+    model = onnx.load(res["onnx"])
+    inits = {i.data_type for i in model.graph.initializer}
+    assert onnx.TensorProto.FLOAT16 in inits  # the graph body is fp16 ...
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # ... its I/O fp32
+    x = np.random.default_rng(1).standard_normal((4, 3, 64, 64), dtype=np.float32)
+    with make_runner("onnxruntime", res["engine"]) as r16, make_runner("onnxruntime", res32["engine"]) as r32:
+        a, b = r16.infer(x), r32.infer(x)
+    assert a.dtype == np.float32
+    assert np.abs(a - b).max() <= FP16_TOL * np.abs(b).max()
+    assert np.mean((a > 0) == (b > 0)) > 0.99
+    m = read_manifest(tmp_path / "b16")
+    assert m["emulated"] is True and m["precision"] == "fp16"
+
+
+def test_build_is_cached_and_manifest_complete(tiny_engine):
+    res, cfg = tiny_engine
+    assert res["rebuilt"]
+    again = build_engine(cfg)
+    assert again["rebuilt"] is False and again["engine"] == res["engine"]
+    m = read_manifest(Path(res["build_dir"]))
+    for k in ("key", "model", "cut", "weights", "precision", "preprocess", "files", "versions", "input"):
+        assert k in m
+    assert m["weights"]["id"] == "random:seed=0" and m["cut"]["features"] == 8192
+    assert m["preprocess"]["crop_size"] == 64 and m["versions"]["torch"]
+    assert all(len(f["sha256"]) == 64 for f in m["files"].values())
+
+
+def test_changed_request_rebuilds(tmp_path):
+    out = tmp_path / "b"
+    cfg = EngineConfig(model="densenet121", cut="pool0", weights="random", input_size=32, out=str(out),
+                       backend="onnxruntime")
+    k1 = read_manifest(Path(build_engine(cfg)["build_dir"]))["key"]
+    cfg.seed = 1
+    res = build_engine(cfg)
+    assert res["rebuilt"] and read_manifest(out)["key"] != k1
+
+
+def test_interrupted_build_is_never_picked_up(tmp_path, monkeypatch):
+    out = tmp_path / "b"
+    cfg = EngineConfig(model="densenet121", cut="pool0", weights="random", input_size=32, out=str(out),
+                       backend="onnxruntime")
+    build_engine(cfg)
+    # A second build dies after the export: the old manifest is gone, so the folder is "being built".
+    import engine.build as b
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(b, "write_manifest", boom)
+    cfg.force = True
+    with pytest.raises(KeyboardInterrupt):
+        build_engine(cfg)
+    with pytest.raises(ArtifactError, match=r"no manifest.json.*interrupted"):
+        Engine(out)
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
+    monkeypatch.undo()
+    monkeypatch.setenv("OTL_OFFLINE", "1")
+    cfg.force = False
+    assert build_engine(cfg)["rebuilt"]  # rebuilt, not reused
+    Engine(out)
+
+
+def test_truncated_engine_file_is_refused(tmp_path):
+    out = tmp_path / "b"
+    res = build_engine(EngineConfig(model="densenet121", cut="pool0", weights="random", input_size=32,
+                                    out=str(out), backend="onnxruntime"))
+    with open(res["engine"], "r+b") as f:
+        f.truncate(100)
+    with pytest.raises(ArtifactError, match=r"missing or has another size"):
+        Engine(out)
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("precision", "int4", r"unknown precision 'int4'; expected one of fp32, fp16, int8"),
+    ("backend", "openvino", r"unknown backend 'openvino'; expected one of auto, onnxruntime, tensorrt, torch"),
+])
+def test_bad_requests(field, value, match):
+    cfg = EngineConfig(**TINY)
+    setattr(cfg, field, value)
+    with pytest.raises(BuildError, match=match):
+        build_engine(cfg)
+
+
+def test_tensorrt_requested_without_tensorrt():
+    with pytest.raises(RunnerError, match=r"tensorrt.*otl\[gpu\].*--backend onnxruntime"):
+        build_engine(EngineConfig(**TINY, backend="tensorrt"))
+
+
+def _otl(*args, env=None):
+    import os
+
+    env = dict(os.environ, OTL_OFFLINE="1", **(env or {}))
+    return subprocess.run([sys.executable, "-m", "engine.cli", *args], capture_output=True, text=True, cwd=REPO,
+                          env=env, timeout=600)
+
+
+def test_cli_engines_json_prints_one_object(tiny_engine):
+    res, cfg = tiny_engine
+    p = _otl("engines", "--model", cfg.model, "--cut", cfg.cut, "--weights", "random", "--input-size", "64",
+             "--backend", "onnxruntime", "--out", res["build_dir"], "--json")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)  # exactly one JSON object, nothing else on stdout
+    assert {"onnx", "engine", "precision", "backend", "timings"} <= out.keys()
+    assert out["rebuilt"] is False and out["timings"]["total"] > 0
+
+
+def test_cli_errors_are_clear_and_json():
+    p = _otl("engines", "--model", "alexnet", "--json")
+    assert p.returncode == 2
+    assert "unknown model 'alexnet'" in json.loads(p.stdout)["error"]
+    assert "unknown model 'alexnet'" in p.stderr
+
+
+def test_cli_cuts():
+    p = _otl("cuts", "densenet169", "--json")
+    rows = {r["cut"]: r for r in json.loads(p.stdout)["cuts"]}
+    assert rows["denseblock4.12"]["features"] == 50176
