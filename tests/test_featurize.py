@@ -1,0 +1,120 @@
+"""Batched featurization and the feature store, against torch features of the same images."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from engine.artifacts import ArtifactError
+from engine.backbones import build_cut
+from engine.data import load_splits
+from engine.featurize import Featurizer
+from engine.runtime import Engine
+from engine.store import FeatureStore, write_store
+
+from conftest import CLOTHING, MOBILENET_WEIGHTS, needs_shared
+
+
+def _torch_feats(cfg, ds):
+    module, _ = build_cut(cfg.model, cfg.cut, cfg.weights, cfg.seed)
+    xs = np.stack([ds[i][0] for i in range(len(ds))])
+    with torch.no_grad():
+        return module(torch.from_numpy(xs)).numpy()
+
+
+@pytest.mark.parametrize("fmt", ["float32", "bits"])
+def test_store_matches_torch(tiny_engine, tmp_path, fmt):
+    res, cfg = tiny_engine
+    eng = Engine(res["build_dir"], threads=2)
+    splits = load_splits(None, eng.preprocess, test_fraction=0.5, seed=0)
+    small = {"train": splits.train.select(range(40)), "test": splits.test.select(range(13))}
+    with Featurizer(eng, batch_size=16, workers=0, progress=False) as f:
+        manifest = write_store(tmp_path / "store", f, small, fmt=fmt, classes=splits.classes)
+    assert manifest["splits"] == {"train": {"rows": 40}, "test": {"rows": 13}}
+    store = FeatureStore(tmp_path / "store", engine_key=eng.key)
+    ref = _torch_feats(cfg, small["test"])
+    got = np.concatenate([x for x, _ in store.iter_batches("test", batch_size=5)])
+    np.testing.assert_array_equal(store.labels("test"), small["test"].labels)
+    if fmt == "float32":
+        assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
+    else:  # bits: sign(x) with exact zeros of the post-ReLU pool agreeing too
+        assert got.dtype == np.uint8 and got.shape == ref.shape
+        assert np.mean(got == (ref > 0)) > 0.999
+        assert store.raw("test").shape == (13, 8192 // 8)  # packed: one bit a feature
+
+
+def test_store_from_another_engine_is_refused(tiny_engine, tmp_path):
+    res, _ = tiny_engine
+    eng = Engine(res["build_dir"])
+    splits = load_splits(None, eng.preprocess, test_fraction=0.5, seed=0)
+    with Featurizer(eng, batch_size=8, workers=0, progress=False) as f:
+        write_store(tmp_path / "s", f, {"train": splits.train.select(range(8))}, classes=splits.classes)
+    with pytest.raises(ArtifactError, match=r"was made by engine .* not by the engine asked for"):
+        FeatureStore(tmp_path / "s", engine_key="0" * 64)
+
+
+def test_interrupted_store_leaves_previous_intact(tiny_engine, tmp_path):
+    res, _ = tiny_engine
+    eng = Engine(res["build_dir"])
+    splits = load_splits(None, eng.preprocess, test_fraction=0.5, seed=0)
+    with Featurizer(eng, batch_size=8, workers=0, progress=False) as f:
+        write_store(tmp_path / "s", f, {"train": splits.train.select(range(8))}, classes=splits.classes)
+
+    class Dying:
+        engine = eng
+
+        def featurize(self, ds, desc=""):
+            yield np.zeros((2, 8192), np.float32), np.zeros(2, np.int64)
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_store(tmp_path / "s", Dying(), {"train": splits.train}, classes=splits.classes)
+    assert FeatureStore(tmp_path / "s").rows("train") == 8
+    assert [p.name for p in tmp_path.iterdir()] == ["s"]  # no temporary folder left behind
+
+
+def test_preprocessing_mismatch_is_refused(tiny_engine):
+    from engine.data import IMAGENET_DEFAULT
+
+    res, _ = tiny_engine
+    eng = Engine(res["build_dir"])
+    splits = load_splits(None, IMAGENET_DEFAULT, test_fraction=0.5)
+    with Featurizer(eng, batch_size=8, workers=0, progress=False) as f:
+        with pytest.raises(ValueError, match=r"dataset preprocessing .* differs from the engine's"):
+            next(f.featurize(splits.test))
+
+
+@pytest.mark.shared
+@needs_shared(CLOTHING, MOBILENET_WEIGHTS)
+def test_cli_featurize_clothing_with_imagenet_weights(tmp_path, with_torch_home, monkeypatch):
+    """`otl featurize` on real photos with ImageNet MobileNetV2: the store equals torch's features."""
+    from engine.cli import main
+
+    monkeypatch.chdir(tmp_path)  # the engine is built under ./builds
+
+    data = tmp_path / "clothing"
+    for split in ("train", "validation", "test"):
+        for cls in ("hat", "shoes", "shorts"):
+            dst = data / split / cls
+            dst.mkdir(parents=True)
+            for p in sorted((CLOTHING / split / cls).glob("*.jpg"))[:3]:
+                shutil.copy(p, dst)
+    out = tmp_path / "store"
+    rc = main(["featurize", "--model", "mobilenet_v2", "--weights", "imagenet", "--data", str(data),
+               "--out", str(out), "--format", "float32", "--backend", "onnxruntime", "--quiet", "--workers", "0",
+               "--json"])
+    assert rc == 0
+    store = FeatureStore(out)
+    assert store.n_features == 1280 * 7 * 7 and store.classes == ["hat", "shoes", "shorts"]
+    eng = Engine(store.manifest["engine"]["build_dir"])
+    splits = load_splits(data, eng.preprocess)
+    module, _ = build_cut("mobilenet_v2", None, "imagenet")
+    xs = np.stack([splits.test[i][0] for i in range(len(splits.test))])
+    with torch.no_grad():
+        ref = module(torch.from_numpy(xs)).numpy()
+    got = np.asarray(store.raw("test"))
+    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
+    assert np.mean((got > 0) == (ref > 0)) > 0.999
