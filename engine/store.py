@@ -130,7 +130,7 @@ class FeatureStore:
         None or the store's own), else the encoded raw features when an encoder is given."""
         from kernels.encode import parse_encoder, unpackbits
 
-        raw, y = self.raw(split), self.labels(split)
+        y = self.labels(split)
         if self.format == "bits" and encoder is not None:
             if parse_encoder(encoder).to_dict() != self.manifest["encoder"]:
                 raise ArtifactError(
@@ -138,13 +138,27 @@ class FeatureStore:
                     "write a float16 store to try other encoders"
                 )
         enc = parse_encoder(encoder) if (encoder is not None and self.format != "bits") else None
-        for i in range(0, len(y), batch_size):
-            block = np.asarray(raw[i:i + batch_size])
+        for i, block in self._read_blocks(split, batch_size):
             if self.format == "bits":
                 block = unpackbits(block, self.n_features)
             elif enc is not None:
                 block = enc(block.astype(np.float32))
             yield block, y[i:i + batch_size]
+
+    def _read_blocks(self, split: str, batch_size: int):
+        """Sequential reads into fresh buffers: unlike a memory map, pages already consumed do not
+        stay mapped into the process, so a pass over the store runs in O(batch) memory."""
+        n, width = self.rows(split), self.raw_width
+        dtype = np.uint8 if self.format == "bits" else np.dtype(self.format)
+        with open(self.root / f"{split}.features.bin", "rb") as f:
+            for i in range(0, n, batch_size):
+                rows = min(batch_size, n - i)
+                block = np.fromfile(f, dtype=dtype, count=rows * width).reshape(rows, width)
+                yield i, block
+
+    @property
+    def raw_width(self) -> int:
+        return self.manifest["row_bytes"] if self.format == "bits" else self.n_features
 
     def describe(self) -> dict:
         return {"path": str(self.root), **{k: self.manifest[k] for k in ("format", "n_features", "splits")},
