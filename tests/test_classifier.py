@@ -1,0 +1,149 @@
+"""TransferClassifier and the fit/evaluate/predict jobs, against scikit-learn and round trips."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from engine.classifier import ModelFileError, TransferClassifier
+from engine.train import FitConfig, evaluate, fit, load_model, predict_files
+
+
+def _blobs(n=600, k=64, classes=4, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n)
+    centers = rng.standard_normal((classes, k)) * 1.2
+    return (rng.standard_normal((n, k)) + centers[y]).astype(np.float32), y
+
+
+def test_matches_sklearn_ridge_classifier_on_bits():
+    from sklearn.linear_model import RidgeClassifier
+
+    X, y = _blobs()
+    clf = TransferClassifier(projection="none", alphas=[3.0]).fit(X[:400], y[:400])
+    bits = (X > 0).astype(np.float64)
+    ref = RidgeClassifier(alpha=3.0).fit(bits[:400], y[:400])
+    np.testing.assert_array_equal(clf.predict(X[400:]).astype(int), ref.predict(bits[400:]))
+    # The centered Gram is accumulated with float32 GEMMs (kernels/ridge.py): ~1e-5 of the scale.
+    scale = np.abs(ref.coef_).max()
+    np.testing.assert_allclose(clf.coef_.T, ref.coef_, rtol=0, atol=1e-4 * scale)
+    np.testing.assert_allclose(clf.intercept_, ref.intercept_, rtol=0, atol=1e-4 * scale)
+
+
+def test_alpha_chosen_on_validation_and_projection_helps():
+    X, y = _blobs(n=900)
+    clf = TransferClassifier(n_components=512, seed=1).fit(X[:500], y[:500], X[500:700], y[500:700])
+    assert clf.alpha_ in clf.alphas_ and len(clf.validation_scores_) == 15
+    assert clf.score(X[700:], y[700:]) > 0.9
+    assert clf.solver_.endswith("final=cholesky")
+
+
+def test_save_load_predicts_the_same(tmp_path):
+    from engine.classifier import load_npz, save_npz
+
+    X, y = _blobs()
+    clf = TransferClassifier(n_components=256, alphas=[10.0]).fit(X[:400], y[:400])
+    save_npz(tmp_path / "m.npz", *clf.state())
+    again = TransferClassifier.from_state(*load_npz(tmp_path / "m.npz"))
+    np.testing.assert_array_equal(again.predict(X[400:]), clf.predict(X[400:]))
+    np.testing.assert_allclose(again.decision_function(X[400:]), clf.decision_function(X[400:]), rtol=1e-6)
+
+
+def test_corrupt_model_file(tmp_path):
+    p = tmp_path / "m.npz"
+    p.write_bytes(b"PK\x03\x04 this is not a zip")
+    with pytest.raises(ModelFileError, match=r"corrupt or not an otl model.*retrain"):
+        load_model(p)
+    with pytest.raises(ModelFileError, match=r"does not exist"):
+        load_model(tmp_path / "nope.npz")
+
+
+def test_nan_features_name_the_stage():
+    X, y = _blobs()
+    X[3, 5] = np.nan
+    with pytest.raises(ValueError, match=r"featurization"):
+        TransferClassifier(n_components=64, alphas=[1.0]).fit(X, y)
+
+
+def test_unseen_validation_class():
+    X, y = _blobs()
+    with pytest.raises(ValueError, match=r"never seen in training"):
+        TransferClassifier(n_components=64).fit(X[:100], y[:100] % 2, X[100:200], y[100:200])
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(n_components=0), r"n_components must be a positive integer"),
+    (dict(alphas=[1.0, -2.0]), r"alphas must be finite and > 0"),
+    (dict(alphas=[float("nan")]), r"alphas must be finite and > 0"),
+    (dict(projection="laser"), r"unknown projection 'laser'"),
+])
+def test_bad_parameters(bad, match):
+    X, y = _blobs(n=50)
+    with pytest.raises(ValueError, match=match):
+        TransferClassifier(**bad).fit(X, y)
+
+
+def test_fit_job_on_digits_engine_store_and_reload(tiny_engine, tmp_path):
+    res, _ = tiny_engine
+    cfg = FitConfig(engine=res["build_dir"], n_components=1000, out=str(tmp_path / "m.npz"), progress=False,
+                    workers=0)
+    clf, s = fit(cfg)
+    for k in ("test_accuracy", "validation_accuracy", "alpha", "n_train", "n_components", "solver", "timings"):
+        assert k in s
+    assert set(s["timings"]) >= {"featurize", "encode", "project", "solve", "total"}
+    assert s["test_accuracy"] > 0.8  # random-init DenseNet features of digits still separate well
+    ev = evaluate(tmp_path / "m.npz", workers=0, progress=False)
+    assert ev["accuracy"] == pytest.approx(s["test_accuracy"]) and ev["n"] > 300
+
+    # the same fit from a feature store (featurize once, fit many)
+    from engine.data import load_splits
+    from engine.featurize import Featurizer
+    from engine.runtime import Engine
+    from engine.store import write_store
+
+    eng = Engine(res["build_dir"])
+    sp = load_splits(None, eng.preprocess, validation_fraction=0.1)
+    with Featurizer(eng, 64, workers=0, progress=False) as f:
+        write_store(tmp_path / "store", f, {"train": sp.train, "validation": sp.validation, "test": sp.test},
+                    classes=sp.classes)
+    _, s2 = fit(FitConfig(features=str(tmp_path / "store"), n_components=1000, progress=False))
+    assert s2["test_accuracy"] == pytest.approx(s["test_accuracy"], abs=0.01)
+    assert s2["alpha"] == s["alpha"]
+
+
+def test_model_refuses_another_engine(tiny_engine, tmp_path):
+    from engine.build import EngineConfig, build_engine
+
+    res, _ = tiny_engine
+    fit(FitConfig(engine=res["build_dir"], n_components=200, alphas=(1e3,), out=str(tmp_path / "m.npz"),
+                  progress=False, workers=0))
+    other = build_engine(EngineConfig(model="densenet121", cut="transition1", weights="random", seed=5,
+                                      input_size=64, backend="onnxruntime", out=str(tmp_path / "other")))
+    with pytest.raises(ModelFileError, match=r"is not the engine this model was trained with"):
+        evaluate(tmp_path / "m.npz", engine=other["build_dir"], workers=0)
+
+
+def test_predict_files(tiny_engine, tmp_path):
+    from PIL import Image
+
+    res, _ = tiny_engine
+    fit(FitConfig(engine=res["build_dir"], n_components=200, alphas=(1e3,), out=str(tmp_path / "m.npz"),
+                  progress=False, workers=0))
+    img = tmp_path / "x.png"
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(img)
+    rows = predict_files(tmp_path / "m.npz", [str(img)])
+    assert rows[0]["class"] in [str(d) for d in range(10)]
+
+
+def test_cli_fit_json(tiny_engine, tmp_path, capsys):
+    from engine.cli import main
+
+    res, _ = tiny_engine
+    rc = main(["fit", "--engine", res["build_dir"], "--n-components", "300", "--alphas", "1e3,1e4",
+               "--json", "--quiet", "--workers", "0"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n_components"] == 300 and out["alpha"] in (1e3, 1e4) and out["timings"]["total"] > 0
+    rc = main(["fit", "--engine", res["build_dir"], "--n-components", "-3", "--json"])
+    assert rc == 2 and "n_components must be a positive integer" in capsys.readouterr().out
