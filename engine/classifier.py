@@ -49,7 +49,7 @@ class TransferClassifier:
 
     def __init__(self, n_components: int = 4000, encoder: str = "sign", alphas=REFERENCE_ALPHAS,
                  projection: str = "sim", seed: int = 0, fit_intercept: bool = True, solver: str = "auto",
-                 matrix_dtype: str = "float32", camera_bits: int | None = None):
+                 matrix_dtype: str = "bfloat16", camera_bits: int | None = None):
         self.n_components, self.encoder, self.alphas = n_components, encoder, alphas
         self.projection, self.seed, self.fit_intercept, self.solver = projection, seed, fit_intercept, solver
         self.matrix_dtype, self.camera_bits = matrix_dtype, camera_bits

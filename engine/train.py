@@ -27,7 +27,7 @@ class FitConfig:
     projection: str = "sim"
     seed: int = 0
     fit_intercept: bool = True
-    matrix_dtype: str = "float32"
+    matrix_dtype: str = "bfloat16"
     camera_bits: int | None = None
     test_fraction: float = 0.2
     validation_fraction: float = 0.1  # used only when the data has no validation/ folder

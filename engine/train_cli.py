@@ -68,7 +68,8 @@ def register(sub, engine_args, data_args, common) -> None:
     f.add_argument("--alphas", default=",".join(f"{x:g}" for x in REFERENCE_ALPHAS),
                    help="ridge alphas, comma-separated (default: the reference's 15-value grid)")
     f.add_argument("--projection", default="sim", help="sim (our simulation) | lightonml (OPU or its simulator) | none")
-    f.add_argument("--matrix-dtype", default="float32", help="sim: float32 | bfloat16 | float16 storage of R")
+    f.add_argument("--matrix-dtype", default="bfloat16",
+                   help="sim: storage of R: bfloat16 (default; exact GEMM on 0/1 inputs) | float32 | float16")
     f.add_argument("--camera-bits", type=int, default=None, help="sim: quantize outputs like an 8-bit camera")
     f.add_argument("--no-intercept", action="store_true")
     f.add_argument("--out", default=None, help="model file to write (.npz)")
