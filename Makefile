@@ -1,4 +1,4 @@
-# otl — make install | engines | featurize | fit | demo | test | bench | clean
+# otl — make install | engines | demo | test | test-all | bench | clean
 # Everything runs inside .venv (created by `make install`). Variables can be set on the command line:
 #   make engines PRECISION=int8 MODEL=densenet169 CUT=denseblock4.12 WEIGHTS=random DATA=path/to/images
 
@@ -26,7 +26,7 @@ data_arg = $(if $(DATA),--data $(DATA))
 out_arg = $(if $(OUT),--out $(OUT))
 threads_arg = $(if $(THREADS),--threads $(THREADS))
 
-.PHONY: install install-opu engines featurize demo test test-all bench clean
+.PHONY: install install-opu engines demo test test-all bench clean
 
 install: $(VENV)/.installed
 
@@ -49,8 +49,8 @@ engines: install
 
 demo: install
 	$(OTL) engines --model mobilenet_v2 --weights random --precision fp32 --input-size 64 --out builds/demo-fp32
-	$(OTL) fit --engine builds/demo-fp32 --n-components 2000 --out builds/demo-model.otl
-	$(OTL) evaluate --model builds/demo-model.otl
+	$(OTL) fit --engine builds/demo-fp32 --n-components 2000 --out builds/demo-model.npz
+	$(OTL) evaluate --model builds/demo-model.npz
 
 test: install
 	$(PY) -m pytest $(TESTS) $(PYTEST_ARGS) -q

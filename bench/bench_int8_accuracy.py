@@ -27,8 +27,11 @@ SHARED = REPO.parent / "shared"
 def ort_quantize_static(fp32: Path, out: Path, calib: np.ndarray, bins: tuple | None) -> float:
     """quantize_static, QDQ, u8 activations / s8 per-channel weights. bins=(2048, 128): entropy with
     TensorRT's bin counts injected into its create_calibrator; None: its defaults (MinMax)."""
-    import onnxruntime.quantization.quantize as q
+    import importlib
+
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    q = importlib.import_module("onnxruntime.quantization.quantize")  # the package re-exports a function of that name
 
     class Reader:
         def __init__(self):

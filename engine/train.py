@@ -22,7 +22,7 @@ class FitConfig:
     features: str | None = None  # or a feature store (featurize once, fit many)
     data: str | None = None  # None: embedded digits
     n_components: int = 4000
-    encode: str = "sign"
+    encode: str | None = None  # None: sign, or the encoder a bit store was written with
     alphas: tuple = REFERENCE_ALPHAS
     projection: str = "sim"
     seed: int = 0
@@ -46,7 +46,13 @@ def _batches_from_engine(featurizer, dataset, desc):
 def fit(cfg: FitConfig) -> tuple[TransferClassifier, dict]:
     """Train, evaluate on test/ when present, save when cfg.out. Returns (classifier, summary)."""
     t0 = time.perf_counter()
-    clf = TransferClassifier(cfg.n_components, cfg.encode, cfg.alphas, cfg.projection, cfg.seed,
+    encode = cfg.encode or "sign"
+    if cfg.features and cfg.encode is None:
+        from engine.store import FeatureStore
+        from kernels.encode import Encoder
+
+        encode = Encoder.from_dict(FeatureStore(cfg.features).manifest["encoder"]).spec
+    clf = TransferClassifier(cfg.n_components, encode, cfg.alphas, cfg.projection, cfg.seed,
                              cfg.fit_intercept, matrix_dtype=cfg.matrix_dtype, camera_bits=cfg.camera_bits)
     t = clf.timings_
     if cfg.features:
@@ -146,9 +152,13 @@ class _StoreSource:
         self.cfg, self.t = cfg, t
         self.store = FeatureStore(cfg.features)
         self.encoded = self.store.format == "bits"
-        if self.encoded and cfg.encode and self.store.manifest["encoder"]["method"] != cfg.encode.split(":")[0]:
-            raise ValueError(f"store {cfg.features} holds bits made with {self.store.manifest['encoder']}, "
-                             f"not --encode {cfg.encode}; write a float16 store to try other encoders")
+        stored = self.store.manifest["encoder"]
+        if self.encoded and cfg.encode is not None:
+            from kernels.encode import parse_encoder
+
+            if parse_encoder(cfg.encode).to_dict() != stored:
+                raise ValueError(f"store {cfg.features} holds bits made with {stored}, not --encode {cfg.encode}; "
+                                 "write a float16 store (`otl featurize --format float16`) to try other encoders")
         self.classes = self.store.classes
         eng = self.store.manifest.get("engine") or {}
         self.engine_info = eng
@@ -168,7 +178,7 @@ class _StoreSource:
         return split in self.store.splits and self.store.rows(split) > 0
 
     def batches(self, split):
-        it = iter(self.store.iter_batches(split, 1024, encoder=None if self.encoded else self.cfg.encode))
+        it = iter(self.store.iter_batches(split, 1024, encoder=None if self.encoded else (self.cfg.encode or "sign")))
         while True:
             with self.t("featurize"):  # reading the store stands in for featurization
                 item = next(it, None)

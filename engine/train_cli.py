@@ -64,7 +64,7 @@ def register(sub, engine_args, data_args, common) -> None:
     f.add_argument("--threads", type=int, default=None)
     common(f)
     f.add_argument("--n-components", type=int, default=4000, help="optical random features (default 4000)")
-    f.add_argument("--encode", default="sign", help="sign | threshold:T")
+    f.add_argument("--encode", default=None, help="sign | threshold:T (default: sign, or a bit store's own)")
     f.add_argument("--alphas", default=",".join(f"{x:g}" for x in REFERENCE_ALPHAS),
                    help="ridge alphas, comma-separated (default: the reference's 15-value grid)")
     f.add_argument("--projection", default="sim", help="sim (our simulation) | lightonml (OPU or its simulator) | none")
