@@ -67,13 +67,13 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="500 x 8192 bits -> 1000 components")
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--variants", default="bfloat16:nocache,bfloat16:cache,float32:nocache",
+    p.add_argument("--variants", default="int8:nocache,int8:cache,bfloat16:nocache,float32:nocache",
                    help="fast-mode matrix_dtype:cache|nocache list (nocache: the one-shot setting)")
     p.add_argument("--n", type=int, default=2000)
     p.add_argument("--k", type=int, default=50176)
     p.add_argument("--m", type=int, default=4000)
     p.add_argument("--worker", help=argparse.SUPPRESS)
-    p.add_argument("--variant", default="bfloat16:nocache", help=argparse.SUPPRESS)
+    p.add_argument("--variant", default="int8:nocache", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(args.worker, args.n, args.k, args.m, args.variant)))

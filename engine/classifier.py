@@ -43,13 +43,13 @@ def make_projection(kind: str, n_components: int, seed: int, **options):
 
 
 class TransferClassifier:
-    # Engine batches are small (32); the Gram update costs a k x k pass per call whatever the rows,
-    # so projected rows are gathered into blocks of this many before each update.
+    # Engine batches are small (32); a projection call streams the whole random matrix and a Gram
+    # update makes a k x k pass whatever the row count, so rows are gathered into blocks first.
     accumulate_rows = 1024
 
     def __init__(self, n_components: int = 4000, encoder: str = "sign", alphas=REFERENCE_ALPHAS,
                  projection: str = "sim", seed: int = 0, fit_intercept: bool = True, solver: str = "auto",
-                 matrix_dtype: str = "bfloat16", camera_bits: int | None = None):
+                 matrix_dtype: str = "int8", camera_bits: int | None = None):
         self.n_components, self.encoder, self.alphas = n_components, encoder, alphas
         self.projection, self.seed, self.fit_intercept, self.solver = projection, seed, fit_intercept, solver
         self.matrix_dtype, self.camera_bits = matrix_dtype, camera_bits
@@ -67,21 +67,36 @@ class TransferClassifier:
             opts = {"matrix_dtype": self.matrix_dtype, "camera_bits": self.camera_bits}
         self.projection_ = make_projection(self.projection, self.n_components, self.seed, **opts)
 
-    def transform(self, X, encoded: bool = False):
-        """(n, F) features (or 0/1 bits when encoded) -> (n, k) float32 projected features."""
-        t = self.timings_
-        if not encoded:
-            with t("encode"):
-                check_finite(X, "featurization (engine output)")
-                X = self.encoder_(X)
+    def encode(self, X):
+        """(n, F) float features -> (n, F) uint8 bits."""
+        with self.timings_("encode"):
+            check_finite(X, "featurization (engine output)")
+            return self.encoder_(X)
+
+    def project(self, bits):
+        """(n, F) bits -> (n, k) float32 optical features (bits as float32 when projection='none')."""
         if self.projection_ is None:
-            return X.astype(np.float32)
-        with t("project"):
+            return bits.astype(np.float32)
+        with self.timings_("project"):
             if getattr(self.projection_, "n_features_", None) is None:
-                self.projection_.fit(X.shape[1])
-            Y = self.projection_.transform(X)
+                self.projection_.fit(bits.shape[1])
+            Y = self.projection_.transform(bits)
             check_finite(Y, "projection")
         return Y
+
+    def transform(self, X, encoded: bool = False):
+        """(n, F) features (or 0/1 bits when encoded) -> (n, k) float32 projected features."""
+        return self.project(X if encoded else self.encode(X))
+
+    def project_stream(self, batches, encoded: bool = False):
+        """(features, labels) batches -> (projected, labels) blocks of >= accumulate_rows rows.
+
+        Bits are gathered before projecting: each projection call streams the whole random matrix
+        through the GEMM, so 32-row engine batches would pay for it 32 times more often.
+        """
+        bits = ((X if encoded else self.encode(X), y) for X, y in batches)
+        for B, y in _rebatch(bits, self.accumulate_rows):
+            yield self.project(B), y
 
     # ------------------------------------------------------------------ fitting
     def fit(self, X, y, X_val=None, y_val=None, batch_size: int = 1024, encoded: bool = False):
@@ -109,7 +124,7 @@ class TransferClassifier:
             raise ValueError(f"need at least 2 classes to train a classifier, got {self.classes_}")
         ne = NormalEquations()
         n = 0
-        for Y, y in _rebatch(((self.transform(X, encoded), y) for X, y in batches), self.accumulate_rows):
+        for Y, y in self.project_stream(batches, encoded):
             with t("solve"):
                 ne.update(Y, one_vs_all_targets(_asint(y, Y), len(self.classes_)))
             n += len(y)
@@ -126,9 +141,9 @@ class TransferClassifier:
                              "pass validation batches or a single alpha")
         else:
             Yv, yv = [], []
-            for X, y in validation:
-                Yv.append(self.transform(X, encoded))
-                yv.append(_asint(y, Yv[-1]))
+            for Y, y in self.project_stream(validation, encoded):
+                Yv.append(Y)
+                yv.append(_asint(y, Y))
             xp = get_array_module(Yv[0])
             with t("select_alpha"):
                 best, accs = select_alpha(path, xp.concatenate(Yv), xp.concatenate(yv))
@@ -157,6 +172,14 @@ class TransferClassifier:
     def predict_indices(self, X, encoded: bool = False):
         xp = get_array_module(X)
         return xp.argmax(self.decision_function(X, encoded), axis=1)
+
+    def predict_stream(self, batches, encoded: bool = False):
+        """(features, labels) batches -> (predicted class indices, labels) blocks."""
+        from kernels.ridge import predict_scores
+
+        for Y, y in self.project_stream(batches, encoded):
+            xp = get_array_module(Y)
+            yield xp.argmax(predict_scores(Y, self.coef_, self.intercept_), axis=1), y
 
     def predict(self, X, encoded: bool = False):
         idx = _host(self.predict_indices(X, encoded))

@@ -27,7 +27,7 @@ class FitConfig:
     projection: str = "sim"
     seed: int = 0
     fit_intercept: bool = True
-    matrix_dtype: str = "bfloat16"
+    matrix_dtype: str = "int8"
     camera_bits: int | None = None
     test_fraction: float = 0.2
     validation_fraction: float = 0.1  # used only when the data has no validation/ folder
@@ -87,8 +87,7 @@ def fit(cfg: FitConfig) -> tuple[TransferClassifier, dict]:
 
 def _accuracy(clf, batches, encoded) -> float:
     right = total = 0
-    for X, y in batches:
-        pred = clf.predict_indices(X, encoded)
+    for pred, y in clf.predict_stream(batches, encoded):
         right += int((_host(pred) == _host(y)).sum())
         total += len(y)
     return right / max(total, 1)
@@ -250,11 +249,10 @@ def evaluate(model_path, data=None, engine=None, batch_size=32, workers=None, th
     remap = np.array([m.classifier.classes_.index(c) for c in splits.classes])
     right = total = 0
     with Featurizer(eng, batch_size, workers, progress) as f:
-        for X, y in f.featurize(ds, desc=f"evaluate {split}"):
-            with t("predict"):
-                pred = _host(m.classifier.predict_indices(X))
-            right += int((pred == remap[_host(y)]).sum())
+        for pred, y in m.classifier.predict_stream(f.featurize(ds, desc=f"evaluate {split}")):
+            right += int((_host(pred) == remap[_host(y)]).sum())
             total += len(y)
+    t.seconds.update(m.classifier.timings_.seconds)
     return {"accuracy": right / max(total, 1), "n": total, "split": split, "model": str(model_path),
             "engine": eng.describe(), "timings": t.as_dict()}
 

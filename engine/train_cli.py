@@ -68,8 +68,9 @@ def register(sub, engine_args, data_args, common) -> None:
     f.add_argument("--alphas", default=",".join(f"{x:g}" for x in REFERENCE_ALPHAS),
                    help="ridge alphas, comma-separated (default: the reference's 15-value grid)")
     f.add_argument("--projection", default="sim", help="sim (our simulation) | lightonml (OPU or its simulator) | none")
-    f.add_argument("--matrix-dtype", default="bfloat16",
-                   help="sim: storage of R: bfloat16 (default; exact GEMM on 0/1 inputs) | float32 | float16")
+    f.add_argument("--matrix-dtype", default="int8",
+                   help="sim: storage of R: int8 (default: a Gaussian on a sigma/16 grid, exact int32 GEMM on "
+                        "0/1 inputs) | bfloat16 | float16 | float32")
     f.add_argument("--camera-bits", type=int, default=None, help="sim: quantize outputs like an 8-bit camera")
     f.add_argument("--no-intercept", action="store_true")
     f.add_argument("--out", default=None, help="model file to write (.npz)")

@@ -129,3 +129,19 @@ def test_fast_mode_stream_is_pinned():
                                         [0.23376109, 0.045790117]], rtol=1e-6)
     np.testing.assert_allclose(R.imag, [[0.6060218, -0.007087405], [0.9977205, -0.030956784],
                                         [0.13194755, -0.2168051]], rtol=1e-6)
+
+
+def test_int8_matrix_is_exact_against_its_own_matrix_and_tracks_float32():
+    """int8 storage: y = |x R|^2 for R = round(16 z)/16/sqrt(k) exactly (int32 GEMM), and R is the
+    float32 matrix of the same seed up to the sigma/16 grid."""
+    rng = np.random.default_rng(0)
+    x = (rng.random((40, 300)) < 0.5).astype(np.uint8)
+    q = SimulatedOPU(48, seed=3, matrix_dtype="int8").fit(300)
+    y = q.transform(x)
+    R = q.random_matrix.astype(np.complex128)
+    np.testing.assert_allclose(y, np.abs(x.astype(np.float64) @ R) ** 2, rtol=1e-5, atol=1e-6 * y.max())
+    np.testing.assert_array_equal(q.transform(x[:3]), y[:3])  # few rows: same numbers
+    f = SimulatedOPU(48, seed=3, matrix_dtype="float32").fit(300)
+    d = R - f.random_matrix
+    assert max(np.abs(d.real).max(), np.abs(d.imag).max()) <= 0.5 / 16 / np.sqrt(300) + 1e-7
+    assert np.corrcoef(f.transform(x).ravel(), y.ravel())[0, 1] > 0.999
