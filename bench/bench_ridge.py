@@ -45,11 +45,11 @@ def run_sklearn(Ytr, ytr, Yv, yv, alphas):
     return best, accs, preds[best]
 
 
-def run_ours(Ytr, ytr, Yv, yv, alphas, n_classes, solver, batch=1024):
+def run_ours(Ytr, ytr, Yv, yv, alphas, n_classes, solver, batch=4096):
     n, k = Ytr.shape
     ne = NormalEquations(keep_raw=n if n < k else 0)  # n < k: dual form, no k x k Gram
     T = one_vs_all_targets(ytr, n_classes)
-    for i in range(0, n, batch):  # as the featurizer streams it
+    for i in range(0, n, batch):  # as TransferClassifier streams it (accumulate_rows)
         ne.update(Ytr[i:i + batch], T[i:i + batch])
     path = ne.solve_path(alphas, solver=solver)
     best, accs = select_alpha(path, Yv, yv)

@@ -44,8 +44,9 @@ def make_projection(kind: str, n_components: int, seed: int, **options):
 
 class TransferClassifier:
     # Engine batches are small (32); a projection call streams the whole random matrix and a Gram
-    # update makes a k x k pass whatever the row count, so rows are gathered into blocks first.
-    accumulate_rows = 1024
+    # update makes several k x k passes whatever the row count, so rows are gathered into blocks.
+    project_rows = 1024  # bits per projection call (bounded: rows x input features bytes)
+    accumulate_rows = 4096  # projected rows per normal-equation update
 
     def __init__(self, n_components: int = 4000, encoder: str = "sign", alphas=REFERENCE_ALPHAS,
                  projection: str = "sim", seed: int = 0, fit_intercept: bool = True, solver: str = "auto",
@@ -89,13 +90,13 @@ class TransferClassifier:
         return self.project(X if encoded else self.encode(X))
 
     def project_stream(self, batches, encoded: bool = False):
-        """(features, labels) batches -> (projected, labels) blocks of >= accumulate_rows rows.
+        """(features, labels) batches -> (projected, labels) blocks of >= project_rows rows.
 
         Bits are gathered before projecting: each projection call streams the whole random matrix
         through the GEMM, so 32-row engine batches would pay for it 32 times more often.
         """
         bits = ((X if encoded else self.encode(X), y) for X, y in batches)
-        for B, y in _rebatch(bits, self.accumulate_rows):
+        for B, y in _rebatch(bits, self.project_rows):
             yield self.project(B), y
 
     # ------------------------------------------------------------------ fitting
@@ -124,7 +125,7 @@ class TransferClassifier:
             raise ValueError(f"need at least 2 classes to train a classifier, got {self.classes_}")
         ne = NormalEquations()
         n = 0
-        for Y, y in self.project_stream(batches, encoded):
+        for Y, y in _rebatch(self.project_stream(batches, encoded), self.accumulate_rows):
             with t("solve"):
                 ne.update(Y, one_vs_all_targets(_asint(y, Y), len(self.classes_)))
             n += len(y)
