@@ -81,7 +81,18 @@ class _Graph:
         cons = self.consumers.get(y, [])
         if len(cons) == 1 and cons[0][0].op_type in ACTIVATIONS and y not in self.outputs:
             y = cons[0][0].output[0]
-        return None if y in self.outputs or not self.consumers.get(y) else y
+        return None if self.reaches_output(y) or not self.consumers.get(y) else y
+
+    def reaches_output(self, tensor: str) -> bool:
+        """True when `tensor` is a graph output or becomes one through shape-only ops (the
+        engine's Flatten): those values are the features, so they stay at full precision."""
+        seen = 0
+        while tensor not in self.outputs and seen < 8:
+            cons = self.consumers.get(tensor, [])
+            if len(cons) != 1 or cons[0][0].op_type not in ("Flatten", "Reshape", "Identity", "Squeeze"):
+                return False
+            tensor, seen = cons[0][0].output[0], seen + 1
+        return tensor in self.outputs
 
     def clip_max(self, tensor: str) -> float | None:
         """Upper bound of the Clip that produces `tensor` (a ReLU6), if constant."""
