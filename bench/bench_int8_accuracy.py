@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 SHARED = REPO.parent / "shared"
+SEEDS = (0, 1, 2)
 
 
 def ort_quantize_static(fp32: Path, out: Path, calib: np.ndarray, bins: tuple | None) -> float:
@@ -77,15 +78,18 @@ def evaluate_runner(runner, splits, k: int, threads: int) -> dict:
             t0 = time.perf_counter()
             runner.infer(batch)
             times.append(time.perf_counter() - t0)
-    clf = TransferClassifier(n_components=k).fit(*feats["train"], *feats["validation"])
-    return {"test_accuracy": clf.score(*feats["test"]), "alpha": clf.alpha_, "test_feats": feats["test"][0],
+    # 372 test images: one image is 0.27 points, so the accuracy is averaged over projection seeds
+    accs = [TransferClassifier(n_components=k, seed=s).fit(*feats["train"], *feats["validation"])
+            .score(*feats["test"]) for s in SEEDS]
+    return {"test_accuracy": float(np.mean(accs)), "accs": accs, "test_feats": feats["test"][0],
             "images_per_s": 32 / statistics.median(times)}
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(SHARED / "data" / "clothing"))
-    p.add_argument("--calibration-images", type=int, default=256)
+    p.add_argument("--calibration-images", type=int, default=256,
+                   help="the same images for every calibrator (ONNX Runtime's keeps all activations in memory)")
     p.add_argument("--components", type=int, default=4000)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--build", default=str(REPO / "builds" / "bench-int8-mobilenet_v2"))
@@ -115,8 +119,12 @@ def main(argv=None) -> None:
     calib_ds = subset(splits.train, a.calibration_images, seed=0)  # the same images ours used
     calib = np.concatenate([x for x, _, _ in iter_batches(calib_ds, 32, progress=False)])
 
-    engines = {"fp32": fp32["engine"], "otl int8 (entropy, ours)": ours["engine"]}
-    seconds = {"fp32": 0.0, "otl int8 (entropy, ours)": ours_s}
+    pct = build_engine(EngineConfig(**common, precision="int8", calibration_method="percentile",
+                                    out=a.build + "-int8-percentile"))
+    engines = {"fp32": fp32["engine"], "otl int8 (entropy, ours)": ours["engine"],
+               "otl int8 (percentile 99.99, ours)": pct["engine"]}
+    seconds = {"fp32": 0.0, "otl int8 (entropy, ours)": ours_s,
+               "otl int8 (percentile 99.99, ours)": pct["calibration"]["seconds"]}
     with tempfile.TemporaryDirectory() as tmp:
         for label, bins in (("quantize_static entropy 2048/128", (2048, 128)), ("quantize_static default", None)):
             out = Path(tmp) / (label.replace(" ", "_").replace("/", "_") + ".onnx")
@@ -127,7 +135,8 @@ def main(argv=None) -> None:
             with make_runner("onnxruntime", path, threads=a.threads) as r:
                 rows[label] = evaluate_runner(r, splits, a.components, a.threads)
     ref = rows["fp32"]
-    print(f"clothing, mobilenet_v2 ImageNet, {a.components} components, {a.calibration_images} calibration images, "
+    print(f"clothing, mobilenet_v2 ImageNet, {a.components} components (test accuracy: mean of projection seeds "
+          f"{SEEDS}), {a.calibration_images} calibration images, "
           f"{a.threads} threads (ours: calibration {ours_s:.1f} s of a {ours_total:.1f} s build incl. export)")
     print(f"  {'engine':34}{'calib s':>9}{'img/s':>8}{'x fp32':>8}{'test acc':>10}{'vs fp32':>9}{'sign agr':>10}{'rel err':>9}")
     for label, r in rows.items():

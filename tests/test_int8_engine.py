@@ -1,0 +1,82 @@
+"""int8 engines end to end: `otl engines --precision int8` builds, caches and runs both encodings."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine.artifacts import read_manifest
+from engine.build import EngineConfig, build_engine
+from engine.data import load_splits
+from engine.runners import make_runner
+from engine.runtime import Engine
+
+from conftest import CLOTHING, MOBILENET_WEIGHTS, TINY, needs_shared
+
+
+def _feats(path, x):
+    with make_runner("onnxruntime", path, threads=2) as r:
+        return r.infer(x)
+
+
+def test_int8_build_on_digits_random_weights(tiny_engine, tmp_path):
+    res32, _ = tiny_engine
+    cfg = EngineConfig(**TINY, precision="int8", backend="onnxruntime", out=str(tmp_path / "i8"),
+                       calibration_images=48)
+    res = build_engine(cfg)
+    assert res["calibration"]["images"] == 48 and res["calibration"]["tensors"] > 10
+    m = read_manifest(tmp_path / "i8")
+    for f in ("onnx_int8_tensorrt", "onnx_int8_onnxruntime", "trt_calibration_cache", "calibration_cache"):
+        assert f in m["files"]
+    assert (tmp_path / "i8" / m["files"]["trt_calibration_cache"]["path"]).read_text().startswith("TRT-")
+    eng = Engine(tmp_path / "i8")
+    x = np.stack([load_splits(None, eng.preprocess).test[i][0] for i in range(16)])
+    ref = _feats(res32["engine"], x)
+    for name in ("onnx_int8_onnxruntime", "onnx_int8_tensorrt"):
+        got = _feats(tmp_path / "i8" / m["files"][name]["path"], x)
+        rel = np.linalg.norm(got - ref) / np.linalg.norm(ref)
+        assert rel < 0.05, (name, rel)  # stated tolerance: 5 % relative (L2) on random weights
+    # unchanged request: reused; another calibration set size: recalibrated and rebuilt
+    assert build_engine(cfg)["rebuilt"] is False
+    cfg.calibration_images = 32
+    assert build_engine(cfg)["calibration"]["images"] == 32
+
+
+def test_int8_unknown_method_lists_valid_ones(tmp_path):
+    cfg = EngineConfig(**TINY, precision="int8", out=str(tmp_path / "x"), calibration_method="mse")
+    with pytest.raises(ValueError, match=r"mse.*entropy.*max.*percentile"):
+        build_engine(cfg)
+
+
+def test_fewer_calibration_images_than_asked_warns(tmp_path):
+    data = tmp_path / "d"
+    from PIL import Image
+
+    for c in ("a", "b"):
+        (data / c).mkdir(parents=True)
+        for i in range(5):
+            Image.new("RGB", (70, 70), (40 * i, 100 if c == "a" else 10, 7)).save(data / c / f"{i}.png")
+    cfg = EngineConfig(model="densenet121", cut="pool0", weights="random", input_size=32, precision="int8",
+                       backend="onnxruntime", data=str(data), calibration_images=100, out=str(tmp_path / "e"))
+    with pytest.warns(UserWarning, match=r"fewer than the 100 asked"):
+        res = build_engine(cfg)
+    assert res["calibration"]["images"] == 8  # test_fraction 0.2 of 10 images leaves 8 to calibrate on
+
+
+@pytest.mark.shared
+@needs_shared(CLOTHING, MOBILENET_WEIGHTS)
+def test_int8_mobilenet_imagenet_keeps_feature_signs(tmp_path, with_torch_home):
+    """Real weights, real photos: a regression guard on how close int8 features stay to fp32.
+
+    Measured here (64 calibration images, entropy): 91 % of feature signs kept, 0.29 relative L2
+    error. The int8 issue's goal of >= 99 % sign agreement is NOT met on MobileNetV2 (depthwise
+    layers quantized per tensor); these bounds keep it from getting worse."""
+    common = dict(model="mobilenet_v2", weights="imagenet", backend="onnxruntime", data=str(CLOTHING))
+    f32 = build_engine(EngineConfig(**common, precision="fp32", out=str(tmp_path / "f")))
+    i8 = build_engine(EngineConfig(**common, precision="int8", out=str(tmp_path / "i"), calibration_images=64))
+    eng = Engine(i8["build_dir"])
+    test = load_splits(CLOTHING, eng.preprocess).test
+    x = np.stack([test[i][0] for i in range(0, len(test), 12)])
+    a, b = _feats(f32["engine"], x), _feats(i8["engine"], x)
+    agree, rel = np.mean((a > 0) == (b > 0)), np.linalg.norm(a - b) / np.linalg.norm(a)
+    assert agree >= 0.89, agree
+    assert rel <= 0.33, rel
