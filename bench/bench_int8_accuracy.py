@@ -72,7 +72,6 @@ def evaluate_runner(runner, splits, k: int, threads: int) -> dict:
                 xs.append(X.astype(np.float32))
                 ys.append(y)
             feats[name] = (np.concatenate(xs), np.concatenate(ys))
-        x = feats["test"][0][:0]
         batch = np.stack([splits.test[i][0] for i in range(32)])
         for _ in range(3):
             t0 = time.perf_counter()

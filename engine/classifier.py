@@ -219,8 +219,7 @@ class TransferClassifier:
         elif ps.get("kind") == "SimulatedOPU":
             clf.projection_ = SimulatedOPU.from_dict(ps)
         else:
-            clf.projection_ = LightOnOPU.from_dict(ps) if hasattr(LightOnOPU, "from_dict") else \
-                make_projection("lightonml", p["n_components"], p["seed"])
+            clf.projection_ = LightOnOPU.from_dict(ps)
         clf.alpha_, clf.classes_, clf.solver_ = meta["alpha"], meta["classes"], meta["solver_used"]
         clf.n_train_, clf.validation_accuracy_ = meta["n_train"], meta.get("validation_accuracy")
         clf.coef_, clf.intercept_ = arrays["coef"], arrays["intercept"]

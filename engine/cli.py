@@ -169,16 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--encode", default="sign", help="sign | threshold:T (for the bits format)")
     f.set_defaults(func=cmd_featurize)
 
-    _register_training(sub, _engine_args, _data_args, _common)
+    from engine.train_cli import register
+
+    register(sub, _engine_args, _data_args, _common)  # fit, evaluate, predict
     return p
-
-
-def _register_training(sub, *groups) -> None:
-    try:
-        from engine.train_cli import register
-    except ImportError:  # training commands arrive with the training module
-        return
-    register(sub, *groups)
 
 
 def known_errors() -> tuple:

@@ -8,7 +8,6 @@ temporary name and renamed when complete: a half-written store is never read.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -163,7 +162,3 @@ class FeatureStore:
     def describe(self) -> dict:
         return {"path": str(self.root), **{k: self.manifest[k] for k in ("format", "n_features", "splits")},
                 "encoder": self.manifest["encoder"], "engine": (self.manifest.get("engine") or {}).get("key")}
-
-
-def store_summary(path) -> str:
-    return json.dumps(FeatureStore(path).describe())

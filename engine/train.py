@@ -39,10 +39,6 @@ class FitConfig:
     out: str | None = None
 
 
-def _batches_from_engine(featurizer, dataset, desc):
-    return featurizer.featurize(dataset, desc=desc) if dataset is not None else None
-
-
 def fit(cfg: FitConfig) -> tuple[TransferClassifier, dict]:
     """Train, evaluate on test/ when present, save when cfg.out. Returns (classifier, summary)."""
     t0 = time.perf_counter()

@@ -1,7 +1,6 @@
 """Shared fixtures: the ../shared folder (real photos, ImageNet weights), a tiny engine built once."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest

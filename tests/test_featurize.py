@@ -1,7 +1,6 @@
 """Batched featurization and the feature store, against torch features of the same images."""
 from __future__ import annotations
 
-import json
 import shutil
 
 import numpy as np

@@ -1,7 +1,6 @@
 """The torch reference runner: the cut module in eager mode, fp32 (or fp16 on a GPU)."""
 from __future__ import annotations
 
-import numpy as np
 
 from engine.runners.base import Runner, RunnerError
 
