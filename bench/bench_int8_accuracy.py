@@ -110,18 +110,20 @@ def main(argv=None) -> None:
     common = dict(model="mobilenet_v2", weights="imagenet", backend="onnxruntime", data=a.data,
                   calibration_images=a.calibration_images, threads=a.threads)
     fp32 = build_engine(EngineConfig(**common, precision="fp32", out=a.build + "-fp32"))
-    ours = build_engine(EngineConfig(**common, precision="int8", out=a.build + "-int8"))
+    ours = build_engine(EngineConfig(**common, precision="int8", keep_fp32=0, out=a.build + "-int8"))
     ours_s = ours["calibration"]["seconds"]
     splits = load_splits(a.data, preprocess_for("mobilenet_v2", "imagenet"))
     calib_ds = subset(splits.train, a.calibration_images, seed=0)  # the same images ours used
     calib = np.concatenate([x for x, _, _ in iter_batches(calib_ds, 32, progress=False)])
 
-    pct = build_engine(EngineConfig(**common, precision="int8", calibration_method="percentile",
+    pct = build_engine(EngineConfig(**common, precision="int8", calibration_method="percentile", keep_fp32=0,
                                     out=a.build + "-int8-percentile"))
-    engines = {"fp32": fp32["engine"], "otl int8 (entropy, ours)": ours["engine"],
-               "otl int8 (percentile 99.99, ours)": pct["engine"]}
-    seconds = {"fp32": 0.0, "otl int8 (entropy, ours)": ours_s,
-               "otl int8 (percentile 99.99, ours)": pct["calibration"]["seconds"]}
+    keep = build_engine(EngineConfig(**common, precision="int8", keep_fp32=3, out=a.build + "-int8-keep3"))
+    engines = {"fp32": fp32["engine"], "otl int8 entropy, all int8": ours["engine"],
+               "otl int8 percentile, all int8": pct["engine"], "otl int8 entropy, keep 3 fp32 (default)": keep["engine"]}
+    seconds = {"fp32": 0.0, "otl int8 entropy, all int8": ours_s,
+               "otl int8 percentile, all int8": pct["calibration"]["seconds"],
+               "otl int8 entropy, keep 3 fp32 (default)": keep["calibration"]["seconds"]}
     with tempfile.TemporaryDirectory() as tmp:
         for label, bins in (("quantize_static entropy 2048/128", (2048, 128)), ("quantize_static default", None)):
             out = Path(tmp) / (label.replace(" ", "_").replace("/", "_") + ".onnx")

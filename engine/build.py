@@ -35,6 +35,7 @@ class EngineConfig:
     data: str | None = None  # calibration images for int8 (None: embedded digits)
     calibration_images: int = 512
     calibration_method: str = "entropy"
+    keep_fp32: int = 3  # int8: the first N quantizable activations (graph order) stay fp32
     batch_size: int = 32
     threads: int | None = None
     force: bool = False
@@ -92,6 +93,7 @@ def build_engine(cfg: EngineConfig) -> dict:
 
         calib = calibration_plan(cfg, preprocess)
         key_parts["calibration"] = calib.key_parts()
+        key_parts["keep_fp32"] = cfg.keep_fp32
     key = sha256_json(key_parts)
     if not cfg.force and (out / "manifest.json").exists():
         try:

@@ -34,6 +34,8 @@ def _engine_args(p: argparse.ArgumentParser, precision_default="fp32") -> None:
     g.add_argument("--force", action="store_true", help="rebuild even when the manifest key is unchanged")
     g.add_argument("--calibration-images", type=int, default=512, help="int8: images used for calibration")
     g.add_argument("--calibration-method", default="entropy", help="int8: entropy | max | percentile")
+    g.add_argument("--keep-fp32", type=int, default=3,
+                   help="int8: leave the first N quantizable activations in fp32, the most sensitive layers (default 3; 0: all int8)")
 
 
 def _data_args(p: argparse.ArgumentParser, data_required=False) -> None:
@@ -60,6 +62,7 @@ def _engine_config(a: argparse.Namespace, out=None):
     return EngineConfig(model=a.model, cut=a.cut, weights=a.weights, seed=a.seed, precision=a.precision,
                         backend=a.backend, input_size=a.input_size, out=out, data=getattr(a, "data", None),
                         calibration_images=a.calibration_images, calibration_method=a.calibration_method,
+                        keep_fp32=a.keep_fp32,
                         batch_size=getattr(a, "batch_size", 32), threads=a.threads, force=a.force)
 
 
@@ -92,6 +95,8 @@ def cmd_engines(a) -> dict:
             c = res["calibration"]
             print(f"  int8: {c.get('tensors')} tensors quantized, calibrated on {c.get('images')} images "
                   f"({c.get('method')}) in {c.get('seconds', 0):.1f} s")
+            if c.get("kept_fp32"):
+                print(f"  int8: kept in fp32 (--keep-fp32): {', '.join(c['kept_fp32'])}")
         if res["emulated"]:
             print(f"  note: {EMULATION_NOTE}")
         print("  timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in res["timings"].items()))

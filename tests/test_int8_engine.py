@@ -41,6 +41,25 @@ def test_int8_build_on_digits_random_weights(tiny_engine, tmp_path):
     assert build_engine(cfg)["calibration"]["images"] == 32
 
 
+def test_keep_fp32_leaves_the_first_activations_unquantized(tiny_engine, tmp_path):
+    import onnx
+
+    cfg = EngineConfig(**TINY, precision="int8", backend="onnxruntime", out=str(tmp_path / "k"),
+                       calibration_images=16, keep_fp32=0)
+    full = build_engine(cfg)
+    assert full["calibration"]["kept_fp32"] == []
+    cfg.keep_fp32 = 2
+    res = build_engine(cfg)
+    assert res["rebuilt"] and len(res["calibration"]["kept_fp32"]) == 2  # same scales, other Q/DQ file
+    assert res["calibration"]["tensors"] == full["calibration"]["tensors"] - 2
+    q_inputs = {n.input[0] for n in onnx.load(res["engine"]).graph.node if n.op_type == "QuantizeLinear"}
+    assert not set(res["calibration"]["kept_fp32"]) & q_inputs
+    assert "images" in res["calibration"]["kept_fp32"]  # the first quantizable activation is the input
+    cfg.keep_fp32 = -1
+    with pytest.raises(ValueError, match=r"--keep-fp32 must be >= 0"):
+        build_engine(cfg)
+
+
 def test_int8_unknown_method_lists_valid_ones(tmp_path):
     cfg = EngineConfig(**TINY, precision="int8", out=str(tmp_path / "x"), calibration_method="mse")
     with pytest.raises(ValueError, match=r"mse.*entropy.*max.*percentile"):
@@ -72,7 +91,8 @@ def test_int8_mobilenet_imagenet_keeps_feature_signs(tmp_path, with_torch_home):
     layers quantized per tensor); these bounds keep it from getting worse."""
     common = dict(model="mobilenet_v2", weights="imagenet", backend="onnxruntime", data=str(CLOTHING))
     f32 = build_engine(EngineConfig(**common, precision="fp32", out=str(tmp_path / "f")))
-    i8 = build_engine(EngineConfig(**common, precision="int8", out=str(tmp_path / "i"), calibration_images=64))
+    i8 = build_engine(EngineConfig(**common, precision="int8", out=str(tmp_path / "i"), calibration_images=64,
+                                   keep_fp32=0))
     eng = Engine(i8["build_dir"])
     test = load_splits(CLOTHING, eng.preprocess).test
     x = np.stack([test[i][0] for i in range(0, len(test), 12)])
