@@ -91,7 +91,7 @@ def build_engine(cfg: EngineConfig) -> dict:
     if cfg.precision == "int8":
         from engine.int8 import calibration_plan
 
-        calib = calibration_plan(cfg, preprocess)
+        calib = calibration_plan(cfg, preprocess, cut.name, wid)
         key_parts["calibration"] = calib.key_parts()
         key_parts["keep_fp32"] = cfg.keep_fp32
     key = sha256_json(key_parts)

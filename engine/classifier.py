@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.timing import Timings
-from kernels._util import atomic_write_bytes, check_finite, get_array_module
+from kernels._util import atomic_write_bytes, check_finite, get_array_module, to_host
 
 # The reference's grid: mantissas 1, 3, 5, 7, 9 times 10^3 .. 10^5.
 REFERENCE_ALPHAS = tuple(float(m * 10 ** e) for e in (3, 4, 5) for m in (1, 3, 5, 7, 9))
@@ -183,7 +183,7 @@ class TransferClassifier:
             yield xp.argmax(predict_scores(Y, self.coef_, self.intercept_), axis=1), y
 
     def predict(self, X, encoded: bool = False):
-        idx = _host(self.predict_indices(X, encoded))
+        idx = to_host(self.predict_indices(X, encoded))
         return np.asarray(self.classes_, dtype=object)[idx]
 
     def score(self, X, y, encoded: bool = False) -> float:
@@ -202,7 +202,7 @@ class TransferClassifier:
             "projection_state": self.projection_.to_dict() if self.projection_ is not None else None,
             "validation_accuracy": self.validation_accuracy_,
         }
-        return meta, {"coef": _host(self.coef_), "intercept": _host(self.intercept_)}
+        return meta, {"coef": to_host(self.coef_), "intercept": to_host(self.intercept_)}
 
     @classmethod
     def from_state(cls, meta: dict, arrays: dict) -> "TransferClassifier":
@@ -283,6 +283,3 @@ def _asint(y, like):
     xp = get_array_module(like)
     return xp.asarray(y, dtype=xp.int64)
 
-
-def _host(a):
-    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)

@@ -33,10 +33,9 @@ class CalibrationPlan:
                 "data": self.source.get("file_list_hash")}
 
 
-def calibration_plan(cfg, preprocess) -> CalibrationPlan:
+def calibration_plan(cfg, preprocess, cut_name: str, weights_id: str) -> CalibrationPlan:
     """The images int8 calibrates on: a seeded, class-stratified subset of the training split."""
     from calibration.entropy import check_method
-    from engine import backbones
     from engine.data import load_splits, subset
 
     check_method(cfg.calibration_method)
@@ -55,8 +54,7 @@ def calibration_plan(cfg, preprocess) -> CalibrationPlan:
         h.update(ds.images.tobytes())
     return CalibrationPlan(
         dataset=ds, asked=cfg.calibration_images, method=cfg.calibration_method, source=splits.source,
-        image_list_hash=h.hexdigest(), weights_id=backbones.weights_id(cfg.weights, cfg.seed, cfg.model),
-        cut=backbones.resolve(cfg.model, cfg.cut).name, model=cfg.model, preprocess=preprocess.to_dict(),
+        image_list_hash=h.hexdigest(), weights_id=weights_id, cut=cut_name, model=cfg.model, preprocess=preprocess.to_dict(),
         keep_fp32=cfg.keep_fp32,
     )
 

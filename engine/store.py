@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.artifacts import ArtifactError, file_entry, read_manifest, write_manifest
+from kernels._util import to_host
 
 FORMATS = ("bits", "float16", "float32")
 
@@ -39,10 +40,10 @@ def write_store(path, featurizer, splits: dict, fmt: str = "bits", encoder: str 
             rows, labels = 0, []
             with open(tmp / f"{name}.features.bin", "wb") as f:
                 for feats, y in featurizer.featurize(ds, desc=f"featurize {name}"):
-                    feats = _host(feats)
+                    feats = to_host(feats)
                     n_features = feats.shape[1]
                     if fmt == "bits":
-                        block = _host(packbits(enc(feats)))
+                        block = to_host(packbits(enc(feats)))
                     else:
                         block = feats.astype(fmt, copy=False)
                     f.write(np.ascontiguousarray(block).tobytes())
@@ -80,9 +81,6 @@ def _row_bytes(fmt: str, k: int | None) -> int | None:
         return None
     return (k + 7) // 8 if fmt == "bits" else k * np.dtype(fmt).itemsize
 
-
-def _host(a):
-    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
 
 
 class FeatureStore:

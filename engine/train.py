@@ -14,6 +14,7 @@ import numpy as np
 
 from engine.classifier import REFERENCE_ALPHAS, ModelFileError, TransferClassifier, load_npz, save_npz
 from engine.timing import Timings
+from kernels._util import to_host
 
 
 @dataclass
@@ -84,13 +85,21 @@ def fit(cfg: FitConfig) -> tuple[TransferClassifier, dict]:
 def _accuracy(clf, batches, encoded) -> float:
     right = total = 0
     for pred, y in clf.predict_stream(batches, encoded):
-        right += int((_host(pred) == _host(y)).sum())
+        right += int((to_host(pred) == to_host(y)).sum())
         total += len(y)
     return right / max(total, 1)
 
 
-def _host(a):
-    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
+
+def _timed(iterable, t: Timings, stage: str):
+    """Yield from `iterable`, timing only the production of each item (not the consumer's work)."""
+    it = iter(iterable)
+    while True:
+        with t(stage):
+            item = next(it, None)
+        if item is None:
+            return
+        yield item
 
 
 class _EngineSource:
@@ -128,13 +137,7 @@ class _EngineSource:
 
     def batches(self, split):
         ds = {"train": self.train, "validation": self.val, "test": self.splits.test}[split]
-        it = iter(self.featurizer.featurize(ds, desc=f"fit: {split}"))
-        while True:
-            with self.t("featurize"):
-                item = next(it, None)
-            if item is None:
-                return
-            yield item
+        return _timed(self.featurizer.featurize(ds, desc=f"fit: {split}"), self.t, "featurize")
 
     def validation(self):
         return self.batches("validation") if self.val is not None else None
@@ -173,13 +176,9 @@ class _StoreSource:
         return split in self.store.splits and self.store.rows(split) > 0
 
     def batches(self, split):
-        it = iter(self.store.iter_batches(split, 1024, encoder=None if self.encoded else (self.cfg.encode or "sign")))
-        while True:
-            with self.t("featurize"):  # reading the store stands in for featurization
-                item = next(it, None)
-            if item is None:
-                return
-            yield item
+        enc = None if self.encoded else (self.cfg.encode or "sign")
+        # reading the store stands in for featurization
+        return _timed(self.store.iter_batches(split, 1024, encoder=enc), self.t, "featurize")
 
     def validation(self):
         return self.batches("validation")
@@ -246,7 +245,7 @@ def evaluate(model_path, data=None, engine=None, batch_size=32, workers=None, th
     right = total = 0
     with Featurizer(eng, batch_size, workers, progress) as f:
         for pred, y in m.classifier.predict_stream(f.featurize(ds, desc=f"evaluate {split}")):
-            right += int((_host(pred) == remap[_host(y)]).sum())
+            right += int((to_host(pred) == remap[to_host(y)]).sum())
             total += len(y)
     t.seconds.update(m.classifier.timings_.seconds)
     return {"accuracy": right / max(total, 1), "n": total, "split": split, "model": str(model_path),
@@ -261,7 +260,7 @@ def predict_files(model_path, images: list[str], engine=None, threads=None) -> l
     pre: Preprocess = eng.preprocess
     x = np.stack([pre(load_rgb(p)) for p in images]).astype(np.float32)
     with eng.runner() as r:
-        scores = _host(m.classifier.decision_function(r.infer(x)))
+        scores = to_host(m.classifier.decision_function(r.infer(x)))
     out = []
     for p, s in zip(images, scores):
         i = int(np.argmax(s))

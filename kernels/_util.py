@@ -25,6 +25,13 @@ def get_array_module(*arrays):
     return numpy
 
 
+def to_host(a):
+    """A NumPy array from a NumPy or CuPy array (a device-to-host copy for CuPy)."""
+    import numpy
+
+    return a.get() if hasattr(a, "get") and not isinstance(a, numpy.ndarray) else numpy.asarray(a)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write `data` to `path` through a temporary file in the same folder and os.replace.
 
