@@ -1,6 +1,7 @@
 # otl — make install | engines | demo | test | test-all | bench | clean
 # Everything runs inside .venv (created by `make install`). Variables can be set on the command line:
 #   make engines PRECISION=int8 MODEL=densenet169 CUT=denseblock4.12 WEIGHTS=random DATA=path/to/images
+#   (int8: REFINE=64 picks each threshold by the feature error on 64 calibration images)
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -18,6 +19,7 @@ BACKEND ?= auto
 DATA ?=
 OUT ?=
 THREADS ?=
+REFINE ?=
 TESTS ?= tests
 PYTEST_ARGS ?= -m "not slow"
 
@@ -25,6 +27,7 @@ cut_arg = $(if $(CUT),--cut $(CUT))
 data_arg = $(if $(DATA),--data $(DATA))
 out_arg = $(if $(OUT),--out $(OUT))
 threads_arg = $(if $(THREADS),--threads $(THREADS))
+refine_arg = $(if $(REFINE),--refine-images $(REFINE))
 
 .PHONY: install install-opu engines demo test test-all bench clean
 
@@ -45,7 +48,7 @@ install-opu:
 
 engines: install
 	$(OTL) engines --model $(MODEL) $(cut_arg) --weights $(WEIGHTS) --precision $(PRECISION) \
-		--backend $(BACKEND) $(data_arg) $(out_arg) $(threads_arg)
+		--backend $(BACKEND) $(data_arg) $(out_arg) $(threads_arg) $(refine_arg)
 
 demo: install
 	$(OTL) engines --model mobilenet_v2 --weights random --precision fp32 --input-size 64 --out builds/demo-fp32

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from calibration.entropy import DEFAULT_PERCENTILE, check_method, compute_thresholds
+from calibration.entropy import DEFAULT_PERCENTILE, candidate_thresholds, check_method
 from calibration.histogram import NUM_BINS, TensorHistogram
 from calibration.qdq import _Graph, calibration_tensors
 from calibration.scales import CalibrationResult, floor_threshold, load_cache, save_cache
@@ -110,6 +110,9 @@ class HistogramCollector:
         self.probes = probes
         self.expected_calls = expected_calls
         self.hists = {t: TensorHistogram(num_bins) for t in probes}
+        # per-channel (dim 1) sums for the weight bias correction in calibration.qdq
+        self.channel_sums: dict = {}
+        self.channel_counts: dict[str, int] = defaultdict(int)
         self.batch_index = 0
         self._table: dict[tuple[str, str, int], str] = {(p.module, p.kind, p.call): t for t, p in probes.items()}
         self._calls: dict[tuple[str, str], int] = defaultdict(int)
@@ -132,6 +135,16 @@ class HistogramCollector:
                 f"{what} in activation tensor {t!r} (module {name!r} {kind}) at calibration batch "
                 f"{self.batch_index}; check the input images and the weights")
         self.hists[t].add_abs(a, xmin, amax)
+        if x.ndim >= 2:
+            dims = [d for d in range(x.ndim) if d != 1]
+            s = x.sum(dim=dims, dtype=torch.float64)
+            self.channel_sums[t] = s if t not in self.channel_sums else self.channel_sums[t] + s
+            self.channel_counts[t] += x.numel() // x.shape[1]
+
+    def channel_means(self) -> dict[str, list[float]]:
+        """Mean over batch and spatial positions of each channel (dim 1), per tensor."""
+        return {t: (s / max(self.channel_counts[t], 1)).cpu().tolist() for t, s in self.channel_sums.items()
+                if t in self.hists}
 
     def __enter__(self):
         mods = dict(self.module.named_modules())
@@ -178,11 +191,13 @@ def _batch_tensor(batch):
 
 
 def collect_histograms(module, batches, onnx_model, num_images: int = 512, tensors=None,
-                       progress: bool | None = None) -> tuple[dict[str, TensorHistogram], int, list[str]]:
+                       progress: bool | None = None, means: dict | None = None,
+                       ) -> tuple[dict[str, TensorHistogram], int, list[str]]:
     """Histograms of the ONNX tensors (default: every tensor a Q/DQ encoding needs).
 
     batches: iterable of float32 (N, C, H, W) tensors/arrays, already normalized; stops after
-    num_images. Returns (hists, images used, unmapped tensor names).
+    num_images. Returns (hists, images used, unmapped tensor names). When `means` is a dict, it
+    receives each tensor's per-channel (dim 1) mean.
     """
     import torch
 
@@ -223,6 +238,8 @@ def collect_histograms(module, batches, onnx_model, num_images: int = 512, tenso
         module.train(was_training)
         if bar is not None:
             bar.close()
+    if means is not None:
+        means.update(col.channel_means())
     if seen == 0:
         raise ValueError("no calibration images: the batches iterable yielded nothing; pass an iterable of "
                          f"(N, C, H, W) float32 batches with {num_images} images in all")
@@ -252,13 +269,17 @@ def calibrate(module, batches, onnx_model, method: str = "entropy", num_images: 
     if not isinstance(onnx_model, onnx.ModelProto):
         onnx_model = onnx.load(str(onnx_model), load_external_data=False)
     t0 = time.perf_counter()
-    hists, seen, _ = collect_histograms(module, batches, onnx_model, num_images, progress=progress)
-    thresholds = compute_thresholds(hists, method, percentile)
+    means: dict[str, list[float]] = {}
+    hists, seen, _ = collect_histograms(module, batches, onnx_model, num_images, progress=progress, means=means)
+    candidates = candidate_thresholds(hists, percentile)
+    chosen = method if method != "percentile" else f"percentile{percentile:g}"
+    thresholds = {t: c[chosen] for t, c in candidates.items()}
     result = CalibrationResult(
         thresholds={t: floor_threshold(v) for t, v in thresholds.items()},
         nonneg={t: bool(h.nonneg) for t, h in hists.items()},
         max_abs={t: float(h.max_abs) for t, h in hists.items()},
-        method=method, num_images=seen, n_tensors=len(hists), seconds=time.perf_counter() - t0, key=key)
+        method=method, num_images=seen, n_tensors=len(hists), seconds=time.perf_counter() - t0, key=key,
+        channel_mean=means, candidates=candidates)
     if cache_path is not None:
         save_cache(Path(cache_path), result, key)
     return result

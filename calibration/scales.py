@@ -22,14 +22,14 @@ from kernels._util import atomic_write_json, sha256_json
 log = logging.getLogger(__name__)
 
 # Bump when anything that changes thresholds changes (binning, KL definition, tensor selection).
-CALIBRATION_VERSION = "otl-entropy2-v1"
+CALIBRATION_VERSION = "otl-entropy2-v2"  # v2: channel means and candidate thresholds
 # Floor of a threshold: an all-zero tensor gets scale MIN_THRESHOLD / 127, never 0.
 MIN_THRESHOLD = 2.0 ** -20
 
 
 @dataclass
 class CalibrationResult:
-    """Per ONNX tensor name: threshold (>= MIN_THRESHOLD), non-negativity, max|x|.
+    """Per ONNX tensor name: threshold (>= MIN_THRESHOLD), non-negativity, max|x|, channel means.
 
     thresholds: the clipping value T (scale = T/127 signed, T/255 unsigned).
     """
@@ -43,6 +43,11 @@ class CalibrationResult:
     seconds: float
     version: str = CALIBRATION_VERSION
     key: dict = field(default_factory=dict)
+    # per tensor: mean of each channel (dim 1) over the calibration images (weight bias correction)
+    channel_mean: dict[str, list[float]] = field(default_factory=dict)
+    # per tensor: the threshold each method gives ({"max": T, "percentile99.99": T, ...}), the
+    # choices that output-aware refinement (calibration.refine) picks from
+    candidates: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def scales(self, signed: bool = True) -> dict[str, float]:
         """threshold / 127 per tensor (TensorRT's convention)."""

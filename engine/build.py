@@ -15,7 +15,7 @@ from engine.timing import Timings
 from kernels._util import sha256_json
 
 PRECISIONS = ("fp32", "fp16", "int8")
-BUILD_VERSION = 1
+BUILD_VERSION = 2  # 2: int8 bias correction and threshold refinement
 
 
 class BuildError(ValueError):
@@ -36,6 +36,8 @@ class EngineConfig:
     calibration_images: int = 512
     calibration_method: str = "entropy"
     keep_fp32: int = 3  # int8: the first N quantizable activations (graph order) stay fp32
+    bias_correction: bool = True  # int8: biases absorb the mean error of the int8 weights
+    refine_images: int = 0  # int8: > 0 picks each threshold by output error on this many images
     batch_size: int = 32
     threads: int | None = None
     force: bool = False
@@ -94,6 +96,8 @@ def build_engine(cfg: EngineConfig) -> dict:
         calib = calibration_plan(cfg, preprocess, cut.name, wid)
         key_parts["calibration"] = calib.key_parts()
         key_parts["keep_fp32"] = cfg.keep_fp32
+        key_parts["bias_correction"] = cfg.bias_correction
+        key_parts["refine_images"] = cfg.refine_images
     key = sha256_json(key_parts)
     if not cfg.force and (out / "manifest.json").exists():
         try:

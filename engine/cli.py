@@ -36,6 +36,11 @@ def _engine_args(p: argparse.ArgumentParser, precision_default="fp32") -> None:
     g.add_argument("--calibration-method", default="entropy", help="int8: entropy | max | percentile")
     g.add_argument("--keep-fp32", type=int, default=3,
                    help="int8: leave the first N quantizable activations in fp32, the most sensitive layers (default 3; 0: all int8)")
+    g.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
+                   help="int8: do not fold the mean error of the int8 weights into the biases")
+    g.add_argument("--refine-images", type=int, default=0,
+                   help="int8: choose each tensor's threshold among the calibrator's candidates by the "
+                        "feature error on N calibration images (slower build, more accurate engine; 0: off)")
 
 
 def _data_args(p: argparse.ArgumentParser, data_required=False) -> None:
@@ -62,7 +67,7 @@ def _engine_config(a: argparse.Namespace, out=None):
     return EngineConfig(model=a.model, cut=a.cut, weights=a.weights, seed=a.seed, precision=a.precision,
                         backend=a.backend, input_size=a.input_size, out=out, data=getattr(a, "data", None),
                         calibration_images=a.calibration_images, calibration_method=a.calibration_method,
-                        keep_fp32=a.keep_fp32,
+                        keep_fp32=a.keep_fp32, bias_correction=a.bias_correction, refine_images=a.refine_images,
                         batch_size=getattr(a, "batch_size", 32), threads=a.threads, force=a.force)
 
 
@@ -97,6 +102,10 @@ def cmd_engines(a) -> dict:
                   f"({c.get('method')}) in {c.get('seconds', 0):.1f} s")
             if c.get("kept_fp32"):
                 print(f"  int8: kept in fp32 (--keep-fp32): {', '.join(c['kept_fp32'])}")
+            if c.get("refine"):
+                r = c["refine"]
+                print(f"  int8: refined {len(r['changed'])} thresholds on {r['images']} images in {r['seconds']:.1f} s: "
+                      f"feature error {r['error_before']:.4f} -> {r['error_after']:.4f}")
         if res["emulated"]:
             print(f"  note: {EMULATION_NOTE}")
         print("  timings: " + ", ".join(f"{k} {v:.2f}s" for k, v in res["timings"].items()))

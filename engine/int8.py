@@ -25,6 +25,8 @@ class CalibrationPlan:
     model: str
     preprocess: dict
     keep_fp32: int = 3
+    bias_correction: bool = True
+    refine_images: int = 0
 
     def key_parts(self) -> dict:
         """What the calibration cache depends on (keep_fp32 changes the Q/DQ files, not the scales)."""
@@ -41,6 +43,8 @@ def calibration_plan(cfg, preprocess, cut_name: str, weights_id: str) -> Calibra
     check_method(cfg.calibration_method)
     if cfg.keep_fp32 < 0:
         raise ValueError(f"--keep-fp32 must be >= 0 (activations left in fp32), got {cfg.keep_fp32}")
+    if cfg.refine_images < 0:
+        raise ValueError(f"--refine-images must be >= 0 (0: no refinement), got {cfg.refine_images}")
     if cfg.calibration_images < 1:
         raise ValueError(f"--calibration-images must be >= 1, got {cfg.calibration_images}")
     splits = load_splits(cfg.data, preprocess, seed=cfg.seed)
@@ -55,7 +59,7 @@ def calibration_plan(cfg, preprocess, cut_name: str, weights_id: str) -> Calibra
     return CalibrationPlan(
         dataset=ds, asked=cfg.calibration_images, method=cfg.calibration_method, source=splits.source,
         image_list_hash=h.hexdigest(), weights_id=weights_id, cut=cut_name, model=cfg.model, preprocess=preprocess.to_dict(),
-        keep_fp32=cfg.keep_fp32,
+        keep_fp32=cfg.keep_fp32, bias_correction=cfg.bias_correction, refine_images=cfg.refine_images,
     )
 
 
@@ -91,10 +95,26 @@ def build_int8(module, fp32_onnx, out: Path, plan: CalibrationPlan, cfg) -> tupl
         order = activation_tensors(onnx.load(str(fp32_onnx)), "onnxruntime")
         kept = [t for t in order if t in result.thresholds][: plan.keep_fp32]
         result = dataclasses.replace(result, thresholds={k: v for k, v in result.thresholds.items() if k not in kept})
-    paths = write_qdq_models(str(fp32_onnx), result, out)
+    refine = None
+    if plan.refine_images:
+        import dataclasses
+
+        import numpy as np
+
+        from calibration.refine import refine_thresholds
+
+        n = min(plan.refine_images, len(plan.dataset))
+        images = np.stack([plan.dataset[i][0] for i in range(n)])
+        thresholds, report = refine_thresholds(str(fp32_onnx), result, images, threads=cfg.threads,
+                                               bias_correction=plan.bias_correction,
+                                               progress=False if not cfg.verbose else None)
+        result = dataclasses.replace(result, thresholds=thresholds)
+        refine = report.to_dict()
+    paths = write_qdq_models(str(fp32_onnx), result, out, bias_correction=plan.bias_correction)
     files = {"onnx_int8_tensorrt": paths["tensorrt"], "onnx_int8_onnxruntime": paths["onnxruntime"],
              "trt_calibration_cache": paths["trt_cache"], "calibration_cache": out / CALIBRATION_CACHE}
     summary = {"tensors": len(result.thresholds), "images": result.num_images, "method": result.method,
-               "seconds": round(result.seconds, 3), "version": result.version, "kept_fp32": kept}
+               "seconds": round(result.seconds, 3), "version": result.version, "kept_fp32": kept,
+               "bias_correction": plan.bias_correction, "refine": refine}
     return files, {"summary": summary, "source": {k: plan.source.get(k) for k in ("kind", "root", "file_list_hash")},
                    "image_list_hash": plan.image_list_hash}
