@@ -25,6 +25,9 @@ Two encodings of the same thresholds:
 
 Tensors feeding a Concat share one threshold (the max of the group's thresholds), so a Concat of
 quantized tensors can run on integers.
+
+Both encodings apply bias correction when the calibration recorded channel means: a Conv/Gemm bias
+absorbs the mean output shift that rounding its weights to int8 causes (weight_error_shift).
 """
 from __future__ import annotations
 

@@ -1,16 +1,18 @@
 """Output-aware threshold refinement: per tensor, the calibrator threshold that disturbs the
 features least.
 
-Each calibration method optimizes one tensor at a time (KL for entropy, coverage for max and
+Each calibration method looks at one tensor at a time (KL for entropy, coverage for max and
 percentile), and no single method is best for every layer: on MobileNetV2 (ImageNet weights, real
-photos) entropy clipped some late ReLU6 outputs to 0.6 of a 6.0 range, while percentile clipped
-the residual sums too hard elsewhere. Refinement measures instead of guessing: it runs the int8
+photos) refinement moved 19 of 59 entropy thresholds, both ways: the late residual stream far
+lower (6.0 -> 1.7 on a tensor whose max is 30.6), a few ReLU6 outputs higher (0.63 -> 1.16).
+Refinement measures instead of guessing: it runs the int8
 model (the "onnxruntime" encoding, on ONNX Runtime) on a few calibration images, and for each
 quantized tensor in graph order tries every candidate threshold the calibrator computed
 (CalibrationResult.candidates: entropy, max, three percentiles), keeping one only when it lowers
 the relative L2 distance of the engine outputs to fp32. A greedy coordinate descent, one pass:
-len(tensors) x len(candidates) int8 runs (MobileNetV2 on 64 images: 59 tensors, about 75 s on 2
-cores; measured there: feature error 0.169 -> 0.114 on held-out test images).
+len(tensors) x len(candidates) int8 runs (MobileNetV2 on 64 images: 59 tensors, 234 runs, 80-110 s
+on 2 cores; measured there: feature error 0.169 -> 0.107 and sign agreement 95.2 % -> 96.8 % on the
+372 held-out test images).
 
 It never changes which tensors are quantized, only their scales, so speed is unchanged.
 """
