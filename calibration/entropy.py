@@ -129,7 +129,7 @@ def compute_thresholds(hists: dict[str, TensorHistogram], method: str = "entropy
     return {name: compute_threshold(h, method, percentile) for name, h in hists.items()}
 
 
-# Thresholds refinement (calibration.refine) chooses from, per tensor: the three methods, and the
+# Threshold refinement (calibration.refine) chooses from, per tensor: the three methods, and the
 # percentile at three depths (the best clip point differs from layer to layer).
 CANDIDATE_PERCENTILES = (99.9, 99.99, 99.999)
 

@@ -5,9 +5,10 @@ Each calibration method looks at one tensor at a time (KL for entropy, coverage 
 percentile), and no single method is best for every layer: on MobileNetV2 (ImageNet weights, real
 photos) refinement moved 19 of 59 entropy thresholds, both ways: the late residual stream far
 lower (6.0 -> 1.7 on a tensor whose max is 30.6), a few ReLU6 outputs higher (0.63 -> 1.16).
-Refinement measures instead of guessing: it runs the int8
-model (the "onnxruntime" encoding, on ONNX Runtime) on a few calibration images, and for each
-quantized tensor in graph order tries every candidate threshold the calibrator computed
+
+Refinement measures instead of guessing: it runs the int8 model (the "onnxruntime" encoding, on
+ONNX Runtime) on a few calibration images, and for each quantized tensor in graph order tries
+every candidate threshold the calibrator computed
 (CalibrationResult.candidates: entropy, max, three percentiles), keeping one only when it lowers
 the relative L2 distance of the engine outputs to fp32. A greedy coordinate descent, one pass:
 len(tensors) x len(candidates) int8 runs (MobileNetV2 on 64 images: 59 tensors, 234 runs, 80-110 s
@@ -19,6 +20,7 @@ It never changes which tensors are quantized, only their scales, so speed is unc
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -106,7 +108,7 @@ def refine_thresholds(fp32_model, result, images: np.ndarray, threads: int | Non
     best = before = err(thr)
     order = [t for t in activation_tensors(fp32_model, "onnxruntime") if t in thr and t in result.candidates]
     bar = None
-    if progress or progress is None and __import__("sys").stderr.isatty():
+    if progress or (progress is None and sys.stderr.isatty()):
         from tqdm import tqdm
 
         bar = tqdm(total=len(order), desc="refine", unit="tensor")

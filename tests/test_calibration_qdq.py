@@ -198,7 +198,7 @@ def test_calibration_records_channel_means(tiny):
     batches = _batches(2, 16, seed=3)
     res = calibrate(module, batches, model, num_images=32, progress=False)
     want = torch.cat(batches).double().mean(dim=(0, 2, 3)).numpy()
-    np.testing.assert_allclose(res.channel_mean["images"], want, rtol=1e-9)
+    np.testing.assert_allclose(res.channel_mean["images"], want, rtol=1e-5, atol=1e-7)  # float32 batch sums
     assert set(res.channel_mean) == set(res.thresholds)
     assert set(res.candidates["images"]) >= {"entropy", "max", "percentile99.99"}
     assert res.thresholds["images"] == res.candidates["images"]["entropy"]
