@@ -115,6 +115,8 @@ def batchnorm_to_conv(model: onnx.ModelProto) -> onnx.ModelProto:
     """
     out = onnx.ModelProto()
     out.CopyFrom(model)
+    if not any(n.op_type == "BatchNormalization" for n in model.graph.node):
+        return out  # nothing to rewrite: skip the shape inference (most of this function's time)
     g = out.graph
     init = {i.name: i for i in g.initializer}
     try:
@@ -277,8 +279,9 @@ def quantize_model(onnx_model: onnx.ModelProto, act_thresholds: dict[str, float]
         raise ValueError(f"per-channel Q/DQ needs opset >= 13, the model has opset {opset}; re-export it")
     gr = _Graph(model)
     nonneg = nonneg or {}
-    wanted = [t for t in activation_tensors(model, encoding) if t in act_thresholds]
-    missing = [t for t in activation_tensors(model, encoding) if t not in act_thresholds]
+    tensors = activation_tensors(model, encoding)
+    wanted = [t for t in tensors if t in act_thresholds]
+    missing = [t for t in tensors if t not in act_thresholds]
     if missing:
         log.warning("%d tensors have no threshold and stay fp32: %s", len(missing), missing[:5])
     thr, neg = shared_thresholds(model, act_thresholds, nonneg, wanted)

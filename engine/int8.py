@@ -6,6 +6,7 @@ weights, another cut, input size, preprocessing or image set is never used.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,8 +87,6 @@ def build_int8(module, fp32_onnx, out: Path, plan: CalibrationPlan, cfg) -> tupl
         # The first layers are the most sensitive: an error there propagates through every layer
         # after it (MobileNetV2 on real photos: the first two activations alone carry a third of
         # the int8 feature error). Dropping their thresholds leaves those tensors in fp32.
-        import dataclasses
-
         import onnx
 
         from calibration.qdq import activation_tensors
@@ -97,8 +96,6 @@ def build_int8(module, fp32_onnx, out: Path, plan: CalibrationPlan, cfg) -> tupl
         result = dataclasses.replace(result, thresholds={k: v for k, v in result.thresholds.items() if k not in kept})
     refine = None
     if plan.refine_images:
-        import dataclasses
-
         import numpy as np
 
         from calibration.refine import refine_thresholds
