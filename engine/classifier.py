@@ -21,7 +21,7 @@ from kernels._util import atomic_write_bytes, check_finite, get_array_module, to
 # The reference's grid: mantissas 1, 3, 5, 7, 9 times 10^3 .. 10^5.
 REFERENCE_ALPHAS = tuple(float(m * 10 ** e) for e in (3, 4, 5) for m in (1, 3, 5, 7, 9))
 PROJECTIONS = ("sim", "lightonml", "none")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: selection record, the relative alpha grid, n_final; version 1 files still load
 
 
 class ModelFileError(ValueError):
@@ -48,12 +48,20 @@ class TransferClassifier:
     project_rows = 1024  # bits per projection call (bounded: rows x input features bytes)
     accumulate_rows = 4096  # projected rows per normal-equation update
 
-    def __init__(self, n_components: int = 4000, encoder: str = "sign", alphas=REFERENCE_ALPHAS,
+    # Exact LOO keeps the projected training rows: up to this many, within this many bytes (or a
+    # quarter of free RAM). Past it K-fold takes over; see docs/architecture.md for the costs.
+    # (Class attributes, read by engine/ridge_training.py; set on an instance to change them.)
+    loo_max_rows = 20_000
+    loo_max_bytes = 2 << 30
+
+    def __init__(self, n_components: int = 4000, encoder: str = "sign", alphas="auto",
                  projection: str = "sim", seed: int = 0, fit_intercept: bool = True, solver: str = "auto",
-                 matrix_dtype: str = "int8", camera_bits: int | None = None):
+                 matrix_dtype: str = "int8", camera_bits: int | None = None, select: str = "auto",
+                 folds: int = 5, refit_validation: bool = True):
         self.n_components, self.encoder, self.alphas = n_components, encoder, alphas
         self.projection, self.seed, self.fit_intercept, self.solver = projection, seed, fit_intercept, solver
         self.matrix_dtype, self.camera_bits = matrix_dtype, camera_bits
+        self.select, self.folds, self.refit_validation = select, folds, refit_validation
         self.timings_ = Timings()
 
     # ------------------------------------------------------------------ feature path
@@ -61,7 +69,10 @@ class TransferClassifier:
         from kernels.encode import parse_encoder
         from kernels.ridge import check_alphas
 
-        self.alphas_ = check_alphas(self.alphas)
+        self.alphas_ = None if isinstance(self.alphas, str) else check_alphas(self.alphas)
+        self._grid_or_none()  # validates a string grid name
+        if int(self.folds) < 2:
+            raise ValueError(f"folds must be >= 2, got {self.folds!r}")
         self.encoder_ = parse_encoder(self.encoder)
         opts = {}
         if self.projection == "sim":
@@ -113,55 +124,51 @@ class TransferClassifier:
     def fit_stream(self, batches, classes: list, validation=None, encoded: bool = False):
         """One pass over (features, labels) batches; labels are indices into `classes`.
 
-        validation: an iterable of batches used to pick alpha; None: the first alpha... unless
-        the grid has one alpha, a validation set is required to choose.
+        Alpha is chosen as `select` says (engine/ridge_training.py): "holdout" on `validation`
+        batches, "loo" (exact leave-one-out) or "kfold" on the training rows themselves; "auto" is
+        holdout when validation batches are given, else LOO while the rows fit in memory, else
+        K-fold. The final model is then solved on every row: training plus validation when
+        refit_validation. One alpha needs no selection.
         """
-        from kernels.ridge import NormalEquations, one_vs_all_targets, select_alpha, solve_ridge
+        from engine.ridge_training import RidgeTrainer
 
         self._setup()
         t = self.timings_
         self.classes_ = list(classes)
         if len(self.classes_) < 2:
             raise ValueError(f"need at least 2 classes to train a classifier, got {self.classes_}")
-        ne = NormalEquations()
-        n = 0
+        trainer = RidgeTrainer(self, has_validation=validation is not None)
         for Y, y in _rebatch(self.project_stream(batches, encoded), self.accumulate_rows):
             with t("solve"):
-                ne.update(Y, one_vs_all_targets(_asint(y, Y), len(self.classes_)))
-            n += len(y)
-        if n == 0:
+                trainer.add(Y, _asint(y, Y))
+        if trainer.train.n == 0:
             raise ValueError("no training samples: the training split is empty")
-        self.n_train_ = n
-        with t("solve"):
-            path = ne.solve_path(self.alphas_, fit_intercept=self.fit_intercept, solver=self.solver)
-        self.validation_accuracy_ = None
-        if len(self.alphas_) == 1:
-            best = 0
-        elif validation is None:
-            raise ValueError(f"{len(self.alphas_)} alphas to choose from but no validation data; "
-                             "pass validation batches or a single alpha")
-        else:
-            Yv, yv = [], []
+        if trainer.holdout:
             for Y, y in self.project_stream(validation, encoded):
-                Yv.append(Y)
-                yv.append(_asint(y, Y))
-            xp = get_array_module(Yv[0])
-            with t("select_alpha"):
-                best, accs = select_alpha(path, xp.concatenate(Yv), xp.concatenate(yv))
-            self.validation_scores_ = dict(zip(map(float, self.alphas_), map(float, accs)))
-            self.validation_accuracy_ = float(accs[best])
-            self.n_validation_ = int(sum(len(v) for v in yv))
-        self.alpha_ = float(self.alphas_[best])
-        with t("solve"):  # the final solve is one Cholesky at the chosen alpha, whatever the grid used
-            G, B = ne.gram(self.fit_intercept)
-            W, used = solve_ridge(G, B, self.alpha_, solver="cholesky")
-            xp = get_array_module(W)
-            mt = ne.mean_t if self.fit_intercept else xp.zeros(B.shape[1])
-            my = ne.mean_y if self.fit_intercept else xp.zeros(G.shape[0])
-        self.coef_, self.intercept_ = W, mt - my @ W
-        self.solver_ = f"path={path.solver}; final={used}"
-        self.n_features_in_ = getattr(self.projection_, "n_features_", None) or G.shape[0]
+                trainer.add_validation(Y, _asint(y, Y))
+        with t("select_alpha"):
+            sel = self.selection_ = trainer.select()
+        self.alpha_ = sel.alpha if sel is not None else float(self._grid_or_none()[0])
+        with t("solve"):
+            self.coef_, self.intercept_, final = trainer.final_solve(self.alpha_)
+        self.n_train_, self.n_validation_, self.n_final_ = trainer.train.n, trainer.n_validation, trainer.n_final
+        self.validation_accuracy_ = None
+        if sel is not None and sel.method == "holdout":
+            self.validation_accuracy_ = float(sel.accuracy[sel.best])
+            self.validation_scores_ = dict(zip(map(float, sel.alphas), map(float, sel.accuracy)))
+        self.solver_ = (f"select={sel.solver}; " if sel is not None else "") + f"final={final}"
+        self.n_features_in_ = getattr(self.projection_, "n_features_", None) or self.coef_.shape[0]
         return self
+
+    def _grid_or_none(self):
+        """The given grid (an array), or None for the relative grid (alphas="auto")."""
+        if isinstance(self.alphas, str):
+            if self.alphas == "auto":
+                return None
+            if self.alphas == "reference":
+                return np.asarray(REFERENCE_ALPHAS)
+            raise ValueError(f"alphas {self.alphas!r}: expected 'auto', 'reference' or a list of numbers")
+        return self.alphas_
 
     # ------------------------------------------------------------------ prediction
     def decision_function(self, X, encoded: bool = False):
@@ -195,14 +202,22 @@ class TransferClassifier:
         meta = {
             "format": "otl-transfer-classifier", "format_version": FORMAT_VERSION,
             "params": {k: getattr(self, k) for k in ("n_components", "encoder", "projection", "seed",
-                                                      "fit_intercept", "solver", "matrix_dtype", "camera_bits")},
-            "alphas": list(map(float, self.alphas_)), "alpha": self.alpha_,
+                                                      "fit_intercept", "solver", "matrix_dtype", "camera_bits",
+                                                      "select", "folds", "refit_validation")},
+            "alphas": self._grid_list(), "alpha": self.alpha_,
+            "selection": self.selection_.to_dict() if getattr(self, "selection_", None) is not None else None,
+            "n_final": getattr(self, "n_final_", self.n_train_),
             "classes": [c.item() if hasattr(c, "item") else c for c in self.classes_],
             "encoder": self.encoder_.to_dict(), "solver_used": self.solver_, "n_train": self.n_train_,
             "projection_state": self.projection_.to_dict() if self.projection_ is not None else None,
             "validation_accuracy": self.validation_accuracy_,
         }
         return meta, {"coef": to_host(self.coef_), "intercept": to_host(self.intercept_)}
+
+    def _grid_list(self) -> list:
+        sel = getattr(self, "selection_", None)
+        grid = sel.alphas if sel is not None else self._grid_or_none()
+        return [float(a) for a in (grid if grid is not None else [self.alpha_])]
 
     @classmethod
     def from_state(cls, meta: dict, arrays: dict) -> "TransferClassifier":
@@ -222,6 +237,7 @@ class TransferClassifier:
             clf.projection_ = LightOnOPU.from_dict(ps)
         clf.alpha_, clf.classes_, clf.solver_ = meta["alpha"], meta["classes"], meta["solver_used"]
         clf.n_train_, clf.validation_accuracy_ = meta["n_train"], meta.get("validation_accuracy")
+        clf.n_final_, clf.selection_record_ = meta.get("n_final", meta["n_train"]), meta.get("selection")
         clf.coef_, clf.intercept_ = arrays["coef"], arrays["intercept"]
         return clf
 

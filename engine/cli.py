@@ -153,6 +153,26 @@ def cmd_featurize(a) -> dict:
     return res
 
 
+def cmd_cache(a) -> dict:
+    from kernels.matrix_cache import MatrixCache
+
+    c = MatrixCache()
+    entries = c.entries()
+    res = {"path": str(c.root) if c.root else None, "entries": len(entries), "bytes": sum(e[1] for e in entries),
+           "limit_bytes": c.limit}
+    if a.clear:
+        res["removed"], res["removed_bytes"] = c.clear()
+    if not a.json:
+        if c.root is None:
+            print("the OPU matrix cache is off (OTL_CACHE_DIR=off)")
+        else:
+            print(f"OPU matrix cache {c.root}: {res['entries']} matrices, {res['bytes'] / 2**20:.1f} MiB "
+                  f"(limit {c.limit / 2**30:.1f} GiB, OTL_CACHE_MAX_BYTES)")
+            if a.clear:
+                print(f"  removed {res['removed']} matrices ({res['removed_bytes'] / 2**20:.1f} MiB)")
+    return res
+
+
 # ----------------------------------------------------------------------------- entry point
 
 
@@ -182,6 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--format", default="bits", help="bits (packed, after --encode) | float16 | float32")
     f.add_argument("--encode", default="sign", help="sign | threshold:T (for the bits format)")
     f.set_defaults(func=cmd_featurize)
+
+    k = sub.add_parser("cache", help="the on-disk cache of OPU random matrices: size, location, --clear")
+    k.add_argument("--clear", action="store_true", help="remove every cached matrix")
+    k.add_argument("--json", action="store_true")
+    k.set_defaults(func=cmd_cache)
 
     from engine.train_cli import register
 

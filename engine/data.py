@@ -373,7 +373,7 @@ def load_splits(data_dir: str | Path | None, preprocess: Preprocess = IMAGENET_D
         source = {"kind": "folder", "layout": "train/validation/test", "root": str(root.resolve()), **common,
                   "validation_source": validation_source,
                   "file_list_hash": rel([p for v in samples.values() for p, _ in v])}
-        return _splits(*(datasets.get(s) for s in ("train", "validation", "test")), source)
+        return _splits(*(datasets.get(s) for s in ("train", "validation", "test")), source, root)
     scanned = _scan_classes(root)
     classes = sorted(scanned)
     full = ImageFolderDataset([(p, i) for i, c in enumerate(classes) for p in scanned[c]], classes, preprocess,
@@ -382,10 +382,24 @@ def load_splits(data_dir: str | Path | None, preprocess: Preprocess = IMAGENET_D
              for idx in stratified_split(full.labels, test_fraction, validation_fraction, seed)]
     source = {"kind": "folder", "layout": "class folders", "root": str(root.resolve()), **common,
               "file_list_hash": rel(full.paths)}
-    return _splits(*parts, source)
+    return _splits(*parts, source, root)
 
 
-def _splits(train, validation, test, source) -> Splits:
+def split_hash(dataset: _ImageDataset | None, root: str | None) -> str | None:
+    """What a split holds, as a hash: its files (relative path and size, see file_list_hash) and
+    labels, or for the digits its pixels and labels. Equal across clones; None for no split."""
+    if dataset is None or not len(dataset):
+        return None
+    h = hashlib.sha256()
+    if isinstance(dataset, DigitsDataset):
+        h.update(np.ascontiguousarray(dataset.images).tobytes())
+    else:
+        h.update(file_list_hash(Path(root), dataset.paths).encode())
+    h.update(np.asarray(dataset.labels, dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
+def _splits(train, validation, test, source, root: Path | None = None) -> Splits:
     counts = {s: len(d) if d is not None else 0 for s, d in
               (("train", train), ("validation", validation), ("test", test))}
     if not counts["validation"]:  # validation_source: "val/" (a folder), how it was carved, or None
@@ -395,8 +409,10 @@ def _splits(train, validation, test, source) -> Splits:
         source["validation_source"] = f"{fraction:g} of all images (stratified, seed {seed})"
     validation = validation if counts["validation"] else None
     test = test if counts["test"] else None
+    hashes = {s: split_hash(d, root) for s, d in
+              (("train", train), ("validation", validation), ("test", test))}
     return Splits(train, validation, test, list(train.classes),
-                  {**source, "classes": list(train.classes), "counts": counts})
+                  {**source, "classes": list(train.classes), "counts": counts, "split_hashes": hashes})
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
 """`otl fit / evaluate / predict`: the gradient-free training job over an engine or a feature store.
 
 One streaming pass: engine features -> bits -> y = |xR|^2 -> normal equations, batch by batch.
-Alpha is chosen on validation/ (or a seeded fraction of train), then one Cholesky solve.
-The saved model file names its engine (folder and manifest key) and holds the classifier.
+Alpha is chosen without wasting rows (exact leave-one-out, K-fold from statistics, or a holdout on
+validation/), then the final model is solved on every training row. The saved model file names its
+engine (folder and manifest key), the split it was trained on (hashes of each split's files), and
+holds the classifier; `evaluate` scores exactly the held-out split of the fit.
 """
 from __future__ import annotations
 
@@ -12,9 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.classifier import REFERENCE_ALPHAS, ModelFileError, TransferClassifier, load_npz, save_npz
+from engine.classifier import ModelFileError, TransferClassifier, load_npz, save_npz
+from engine.evaluate import evaluate, predict_files, split_record  # noqa: F401  (evaluate's home; re-exported)
 from engine.timing import Timings
 from kernels._util import to_host
+
+HOLDOUT_FRACTION = 0.1  # --select holdout without validation/ carves this much of train
 
 
 @dataclass
@@ -24,20 +29,28 @@ class FitConfig:
     data: str | None = None  # None: embedded digits
     n_components: int = 4000
     encode: str | None = None  # None: sign, or the encoder a bit store was written with
-    alphas: tuple = REFERENCE_ALPHAS
+    alphas: str | tuple = "auto"  # "auto": relative to tr(G)/k, widened at its edges; "reference"; numbers
+    select: str = "auto"  # auto | loo | kfold | holdout (see kernels/selection.py)
+    folds: int = 5
+    refit_validation: bool = True  # the final model also learns from the validation rows
     projection: str = "sim"
     seed: int = 0
     fit_intercept: bool = True
     matrix_dtype: str = "int8"
     camera_bits: int | None = None
     test_fraction: float = 0.2
-    validation_fraction: float = 0.1  # used only when the data has no validation/ folder
+    validation_fraction: float = 0.0  # carved from train when > 0 (or 0.1 for --select holdout) and no validation/
     batch_size: int = 32
     workers: int | None = None
     threads: int | None = None
     strict: bool = False
     progress: bool | None = None
     out: str | None = None
+
+    def carve_fraction(self) -> float:
+        if self.validation_fraction > 0:
+            return self.validation_fraction
+        return HOLDOUT_FRACTION if self.select == "holdout" else 0.0
 
 
 def fit(cfg: FitConfig) -> tuple[TransferClassifier, dict]:
@@ -50,7 +63,8 @@ def fit(cfg: FitConfig) -> tuple[TransferClassifier, dict]:
 
         encode = Encoder.from_dict(FeatureStore(cfg.features).manifest["encoder"]).spec
     clf = TransferClassifier(cfg.n_components, encode, cfg.alphas, cfg.projection, cfg.seed,
-                             cfg.fit_intercept, matrix_dtype=cfg.matrix_dtype, camera_bits=cfg.camera_bits)
+                             cfg.fit_intercept, matrix_dtype=cfg.matrix_dtype, camera_bits=cfg.camera_bits,
+                             select=cfg.select, folds=cfg.folds, refit_validation=cfg.refit_validation)
     t = clf.timings_
     if cfg.features:
         src = _StoreSource(cfg, t)
@@ -61,15 +75,21 @@ def fit(cfg: FitConfig) -> tuple[TransferClassifier, dict]:
     with src:
         clf.fit_stream(src.batches("train"), classes=src.classes, validation=src.validation(),
                        encoded=src.encoded)
-        test_acc = None
+        test_acc, n_test = None, 0
         if src.has("test"):
-            test_acc = _accuracy(clf, src.batches("test"), src.encoded)
+            test_acc, n_test = _accuracy(clf, src.batches("test"), src.encoded)
+    sel = clf.selection_.to_dict() if clf.selection_ is not None else None
+    trained_on = ["train"] + (["validation"] if clf.n_final_ > clf.n_train_ else [])
+    split = dict(src.split, trained_on=trained_on)
     summary = {
-        "train_accuracy": None, "validation_accuracy": clf.validation_accuracy_, "test_accuracy": test_acc,
-        "alpha": clf.alpha_, "n_train": clf.n_train_, "n_validation": getattr(clf, "n_validation_", 0),
+        "validation_accuracy": clf.validation_accuracy_, "test_accuracy": test_acc,
+        "alpha": clf.alpha_, "select": sel["method"] if sel else "none (one alpha)",
+        "selection": sel, "n_train": clf.n_train_, "n_validation": clf.n_validation_,
+        "n_final": clf.n_final_, "n_test": n_test,
         "n_components": cfg.n_components if cfg.projection != "none" else None, "projection": cfg.projection,
         "encoder": clf.encoder_.spec, "solver": clf.solver_, "classes": clf.classes_,
-        "engine": src.engine_info, "validation_source": src.validation_source,
+        "engine": src.engine_info, "validation_source": src.validation_source if clf.n_validation_ else None,
+        "split": split,
     }
     t.add("featurize", 0.0)
     timings = t.as_dict()
@@ -77,17 +97,20 @@ def fit(cfg: FitConfig) -> tuple[TransferClassifier, dict]:
     summary["timings"] = {k: timings.get(k, 0.0) for k in ("featurize", "encode", "project", "solve", "total")}
     summary["timings"].update({k: v for k, v in timings.items() if k not in summary["timings"]})
     if cfg.out:
-        save_model(cfg.out, clf, src.engine_info, src.engine_root)
+        save_model(cfg.out, clf, src.engine_info, src.engine_root, split)
         summary["model"] = cfg.out
     return clf, summary
 
 
-def _accuracy(clf, batches, encoded) -> float:
+def _accuracy(clf, batches, encoded, remap=None) -> tuple[float, int]:
+    """(accuracy, rows) of the classifier over (features, labels) batches; remap: data's class
+    index -> the model's."""
     right = total = 0
     for pred, y in clf.predict_stream(batches, encoded):
-        right += int((to_host(pred) == to_host(y)).sum())
+        y = to_host(y) if remap is None else remap[to_host(y)]
+        right += int((to_host(pred) == y).sum())
         total += len(y)
-    return right / max(total, 1)
+    return right / max(total, 1), total
 
 
 
@@ -114,13 +137,12 @@ class _EngineSource:
         self.cfg, self.t = cfg, t
         self.engine = Engine(cfg.engine, threads=cfg.threads)
         self.splits = load_splits(cfg.data, self.engine.preprocess, test_fraction=cfg.test_fraction,
-                                  validation_fraction=cfg.validation_fraction, seed=cfg.seed, strict=cfg.strict)
+                                  validation_fraction=cfg.carve_fraction(), seed=cfg.seed, strict=cfg.strict)
         self.classes = self.splits.classes
         self.engine_info, self.engine_root = self.engine.describe(), self.engine.root
         self.train, self.val = self.splits.train, self.splits.validation
-        has_folder = cfg.data is not None and any((Path(cfg.data) / d).is_dir() for d in ("validation", "val", "valid"))
-        self.validation_source = "validation/" if has_folder else \
-            f"{cfg.validation_fraction:g} of train (stratified, seed {cfg.seed})"
+        self.validation_source = self.splits.source.get("validation_source")
+        self.split = split_record(self.splits.source)
 
     def __enter__(self):
         from engine.featurize import Featurizer
@@ -161,10 +183,10 @@ class _StoreSource:
         eng = self.store.manifest.get("engine") or {}
         self.engine_info = eng
         self.engine_root = Path(eng["build_dir"]) if eng.get("build_dir") else None
-        self.validation_source = "validation/" if "validation" in self.store.splits else None
-        if "validation" not in self.store.splits:
-            raise ValueError(f"feature store {cfg.features} has no validation split to choose alpha; "
-                             "featurize with --validation-fraction or a dataset with validation/")
+        self.validation_source = None
+        if self.has("validation"):
+            self.validation_source = (self.store.manifest.get("source") or {}).get("validation_source") or "validation"
+        self.split = dict(split_record(self.store.manifest.get("source") or {}), store=str(self.store.root))
 
     def __enter__(self):
         return self
@@ -181,15 +203,16 @@ class _StoreSource:
         return _timed(self.store.iter_batches(split, 1024, encoder=enc), self.t, "featurize")
 
     def validation(self):
-        return self.batches("validation")
+        return self.batches("validation") if self.has("validation") else None
 
 
 # ----------------------------------------------------------------------------- model files
 
 
-def save_model(path, clf: TransferClassifier, engine_info: dict, engine_root) -> Path:
+def save_model(path, clf: TransferClassifier, engine_info: dict, engine_root, split: dict | None = None) -> Path:
+    """The classifier plus its engine reference and the split it was trained on, one .npz."""
     meta, arrays = clf.state()
-    meta = dict(meta, format="otl-model", engine=engine_info,
+    meta = dict(meta, format="otl-model", engine=engine_info, split=split,
                 engine_dir=str(Path(engine_root).resolve()) if engine_root else None)
     return save_npz(path, meta, arrays)
 
@@ -223,46 +246,3 @@ def load_model(path) -> LoadedModel:
     if meta.get("format") != "otl-model":
         raise ModelFileError(f"{path} holds a bare classifier, not an otl model with its engine")
     return LoadedModel(TransferClassifier.from_state(meta, arrays), meta)
-
-
-def evaluate(model_path, data=None, engine=None, batch_size=32, workers=None, threads=None, seed=0,
-             test_fraction=0.2, strict=False, progress=None, split="test") -> dict:
-    from engine.data import load_splits
-    from engine.featurize import Featurizer
-
-    t = Timings()
-    m = load_model(model_path)
-    eng = m.engine(engine, threads)
-    splits = load_splits(data, eng.preprocess, test_fraction=test_fraction, seed=seed, strict=strict)
-    ds = getattr(splits, split)
-    if ds is None:
-        raise ValueError(f"the data has no {split} split; pass a DIR with {split}/ or a DIR/<class>/* layout")
-    unseen = sorted(set(splits.classes) - set(m.classifier.classes_))
-    if unseen:
-        raise ValueError(f"{split} data has classes never seen in training: {unseen} "
-                         f"(the model knows {m.classifier.classes_})")
-    remap = np.array([m.classifier.classes_.index(c) for c in splits.classes])
-    right = total = 0
-    with Featurizer(eng, batch_size, workers, progress) as f:
-        for pred, y in m.classifier.predict_stream(f.featurize(ds, desc=f"evaluate {split}")):
-            right += int((to_host(pred) == remap[to_host(y)]).sum())
-            total += len(y)
-    t.seconds.update(m.classifier.timings_.seconds)
-    return {"accuracy": right / max(total, 1), "n": total, "split": split, "model": str(model_path),
-            "engine": eng.describe(), "timings": t.as_dict()}
-
-
-def predict_files(model_path, images: list[str], engine=None, threads=None) -> list[dict]:
-    from engine.data import Preprocess, load_rgb
-
-    m = load_model(model_path)
-    eng = m.engine(engine, threads)
-    pre: Preprocess = eng.preprocess
-    x = np.stack([pre(load_rgb(p)) for p in images]).astype(np.float32)
-    with eng.runner() as r:
-        scores = to_host(m.classifier.decision_function(r.infer(x)))
-    out = []
-    for p, s in zip(images, scores):
-        i = int(np.argmax(s))
-        out.append({"image": str(p), "class": m.classifier.classes_[i], "score": float(s[i])})
-    return out

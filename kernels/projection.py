@@ -9,7 +9,9 @@ Where the time goes (k=50,176, m=4,000): drawing 2km Gaussians, then 4nkm flops 
 GEMM runs in torch (a project dependency): oneDNN's fp32 GEMM is ~2.4x OpenBLAS's here, and a
 bfloat16 matrix uses AMX/tensor cores with fp32 accumulation and fp32 output. The binary input is
 exact in any precision, so the only rounding is the matrix's own storage dtype. The matrix itself
-is drawn with NumPy on the host in every case, so train and test, CPU and GPU, see one R.
+is drawn on the host by torch's CPU generator from per-component seeds (RNG_SCHEME) in every case,
+so train and test, CPU and GPU, see one R; it is drawn once per machine and then read from the
+on-disk cache (kernels/matrix_cache.py).
 
 lightonml 1.4.3 facts (read in its source): SimulatedOpuDevice.build_random_matrix(k, m, seed)
 draws RandomState(seed).normal(0, 1/sqrt(k), (k, m)) in float64, casts to float32, real part then
@@ -91,7 +93,8 @@ class SimulatedOPU:
       path here); "bfloat16" runs on bf16 units with fp32 accumulation. Either is an equally
       valid random matrix; "float32" is the plain one. cache=True keeps the drawn matrix
       (k*2m*itemsize bytes) for later batches; cache=False redraws it on every call (for a
-      single large call when memory is tight).
+      single large call when memory is tight). disk_cache=True also keeps it on disk, drawn once
+      per machine for a (seed, shape, dtype): see kernels/matrix_cache.py.
     mode "lightonml": the exact matrix of lightonml's SimulatedOpuDevice for `seed`
       (RandomState(seed).normal(0, 1/sqrt(k), (k, m)) as float32, real then imaginary part), kept
       as float32: k*m*4*2 bytes, plus k*m*4 transiently while it is built.
@@ -105,7 +108,7 @@ class SimulatedOPU:
     def __init__(self, n_components: int, seed: int = 0, matrix_dtype: str = "int8",
                  block_size: int | None = None, camera_bits: int | None = None,
                  camera_max: float | None = None, mode: str = "fast", cache: bool = True,
-                 n_threads: int | None = None):
+                 n_threads: int | None = None, disk_cache: bool = True):
         if not isinstance(n_components, (int, np.integer)) or isinstance(n_components, bool) \
                 or n_components <= 0:
             raise ValueError(f"SimulatedOPU: n_components must be a positive integer, got {n_components!r}")
@@ -128,6 +131,7 @@ class SimulatedOPU:
         self.camera_max = camera_max
         self.mode = mode
         self.cache = cache or mode == "lightonml"  # lightonml's stream cannot be redrawn by block
+        self.disk_cache = disk_cache  # fast mode, cache=True: reuse the matrix across processes
         self.n_threads = n_threads or len(os.sched_getaffinity(0))
         self.n_features_: int | None = None
         self._blocks = None  # list of torch tensors (2*mb, k) in matrix_dtype: rows re..., im...
@@ -188,12 +192,17 @@ class SimulatedOPU:
         mb = self._block(k)
         c0, c1 = j * mb, min(self.n_components, (j + 1) * mb)
         t = torch.from_numpy(self._draw_components(c0, c1, k))
-        if self.matrix_dtype == "int8":  # kept or not, the GEMM operand is the int8 grid itself
+        if keep or self.matrix_dtype in ("int8", "float32"):  # int8: the GEMM operand is the grid itself
+            return self._stored(t)
+        return t.copy_(t.to(getattr(torch, self.matrix_dtype)))  # round in place: no second float32 copy
+
+    def _stored(self, t):
+        """Standard normals (float32 tensor) -> the matrix_dtype values the cache keeps."""
+        import torch
+
+        if self.matrix_dtype == "int8":
             return t.mul_(INT8_STEPS_PER_SIGMA).round_().clamp_(-127, 127).to(torch.int8)
-        low = getattr(torch, self.matrix_dtype)
-        if keep or low == torch.float32:
-            return t.to(low)
-        return t.copy_(t.to(low))  # round in place: no second float32 copy
+        return t.to(getattr(torch, self.matrix_dtype))
 
     def _build_lightonml(self, k: int):
         """lightonml's matrix, drawn in row chunks so no (k, m) float64 array is ever held."""
@@ -254,8 +263,15 @@ class SimulatedOPU:
         if self.mode == "lightonml":
             self._blocks = self._build_lightonml(k)
         elif self.cache:
-            self._blocks = [self._draw_block(j, k, True) for j in range(self._n_blocks(k))]
+            from kernels.matrix_cache import load_or_draw
+
+            self._blocks = load_or_draw(self, k)
         return self
+
+    # ---- the on-disk matrix cache (kernels/matrix_cache.py) ----------------------------------
+    def _cache_params(self, k: int) -> dict:
+        return {"rng": RNG_SCHEME, "seed": self.seed, "n_features": k, "n_components": self.n_components,
+                "matrix_dtype": self.matrix_dtype, "block": self._block(k), "int8_steps": INT8_STEPS_PER_SIGMA}
 
     def _check_fitted(self):
         if self.n_features_ is None:

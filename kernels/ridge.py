@@ -20,11 +20,11 @@ import numpy as np
 from kernels._util import check_finite, get_array_module
 
 SOLVERS = ("auto", "cholesky", "eigh")
-# eigh (syevd with vectors) costs about this many Cholesky factorizations of the same size. Its
-# tridiagonalization is memory-bound BLAS2 while potrf is BLAS3: measured 50-100x at k=3000..4000
-# on this 2-core machine (scipy evd or torch, vs torch potrf), so Cholesky wins any usual grid.
-# Only the "auto" choice depends on it.
-EIGH_COST_IN_CHOLESKY = 40.0
+# eigh (syevd with vectors) costs about this many Cholesky solves of the same size: measured on
+# this 2-core machine (torch/MKL, float64) 7.3x at k=2000 and 14.7x at k=4000 (6.9 s vs 0.47 s),
+# rising with k as its tridiagonalization is memory-bound BLAS2 while potrf is BLAS3. Only the
+# "auto" choice depends on it: a grid of more alphas than this pays for one eigh.
+EIGH_COST_IN_CHOLESKY = 15.0
 
 
 def _scipy_linalg(xp):
@@ -252,6 +252,7 @@ class NormalEquations:
         self.keep_raw, self.gemm_dtype = int(keep_raw), gemm_dtype
         self.n = 0
         self.shift = self.sum_z = self.sum_t = self.G = self.B = None
+        self.sum_tt = 0.0  # Σ‖t‖²: with the rest, a fold's squared error from statistics alone
         self._raw: list | None = []
 
     # -- accumulation --
@@ -291,6 +292,7 @@ class NormalEquations:
         self.B += Z.T @ T.astype(gd)  # ±1 targets are exact in float32
         self.sum_z += Z.sum(axis=0, dtype=xp.float64)
         self.sum_t += T.sum(axis=0)
+        self.sum_tt += float((T * T).sum())
         self.n += Y.shape[0]
         return self
 
@@ -314,6 +316,7 @@ class NormalEquations:
         self.B += other.B + d[:, None] * other.sum_t[None, :]
         self.sum_z += other.sum_z + other.n * d
         self.sum_t += other.sum_t
+        self.sum_tt += other.sum_tt
         self.n += other.n
         return self
 
@@ -341,6 +344,29 @@ class NormalEquations:
         G = self.G + s[:, None] * self.sum_z[None, :] + self.sum_z[:, None] * s[None, :] \
             + self.n * s[:, None] * s[None, :]
         return G, self.B + s[:, None] * self.sum_t[None, :]
+
+    @property
+    def rows(self):
+        """(Y, T) of the kept raw rows, or None once they were folded into the Gram."""
+        if not self._raw:
+            return None
+        xp = get_array_module(self._raw[0][0])
+        return xp.concatenate([y for y, _ in self._raw]), xp.concatenate([t for _, t in self._raw])
+
+    def squared_error(self, W, intercept) -> float:
+        """Σ‖y W + b − t‖² over the rows these statistics hold, from the statistics alone.
+
+        With z = y − shift and c = shiftᵀW + b: tr(WᵀΣzzᵀW) + 2cᵀWᵀΣz + n‖c‖² − 2tr(WᵀΣztᵀ)
+        − 2cᵀΣt + Σ‖t‖². Raw rows, when kept, are scored directly.
+        """
+        if self._raw:
+            Y, T = self.rows
+            return float(((predict_scores(Y, W, intercept) - T) ** 2).sum())
+        if not self.n:
+            return 0.0
+        c = self.shift @ W + intercept
+        return float((W * (self.G @ W)).sum() + 2 * c @ (W.T @ self.sum_z) + self.n * c @ c
+                     - 2 * (W * self.B).sum() - 2 * c @ self.sum_t + self.sum_tt)
 
     def solve_path(self, alphas, fit_intercept: bool = True, solver: str = "auto",
                    mixed: bool = True) -> RidgePath:

@@ -47,8 +47,15 @@ def tiny_engine(tmp_path_factory):
     return build_engine(cfg), cfg
 
 
+@pytest.fixture(scope="session")
+def _matrix_cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("otl-cache")
+
+
 @pytest.fixture(autouse=True)
-def _offline(monkeypatch):
+def _offline(monkeypatch, _matrix_cache_dir):
     # Tests never reach the network: a missing weights file must fail at once, not after a timeout.
     monkeypatch.setenv("OTL_OFFLINE", "1")
+    # ...and never write the user's cache folder: the OPU matrix cache lives in a session folder.
+    monkeypatch.setenv("OTL_CACHE_DIR", str(_matrix_cache_dir))
     yield

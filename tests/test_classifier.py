@@ -31,12 +31,28 @@ def test_matches_sklearn_ridge_classifier_on_bits():
     np.testing.assert_allclose(clf.intercept_, ref.intercept_, rtol=0, atol=1e-4 * scale)
 
 
-def test_alpha_chosen_on_validation_and_projection_helps():
+def test_alpha_chosen_on_validation_matches_sklearn_refits():
+    """Holdout selection: the validation accuracy of every alpha equals sklearn's RidgeClassifier
+    refit on the same projected rows; the choice is the best accuracy, ties to the lowest error."""
+    from sklearn.linear_model import Ridge, RidgeClassifier
+
     X, y = _blobs(n=900)
-    clf = TransferClassifier(n_components=512, seed=1).fit(X[:500], y[:500], X[500:700], y[500:700])
-    assert clf.alpha_ in clf.alphas_ and len(clf.validation_scores_) == 15
+    clf = TransferClassifier(n_components=512, seed=1, alphas="reference", refit_validation=False)
+    clf.fit(X[:500], y[:500], X[500:700], y[500:700])
+    sel = clf.selection_
+    assert sel.method == "holdout" and len(sel.alphas) == 15
+    Ytr, Yv = clf.transform(X[:500]).astype(np.float64), clf.transform(X[500:700]).astype(np.float64)
+    Tv = np.where(y[500:700, None] == np.arange(4), 1.0, -1.0)
+    acc = [RidgeClassifier(alpha=a).fit(Ytr, y[:500]).score(Yv, y[500:700]) for a in sel.alphas]
+    err = [((Ridge(alpha=a).fit(Ytr, np.where(y[:500, None] == np.arange(4), 1.0, -1.0)).predict(Yv) - Tv) ** 2).sum()
+           for a in sel.alphas]
+    np.testing.assert_allclose(sel.accuracy, acc, atol=1e-12)
+    np.testing.assert_allclose(sel.squared_error, err, rtol=1e-5)
+    best = max(acc)
+    tied = [i for i in range(15) if acc[i] == best]
+    assert sel.best == min(tied, key=lambda i: err[i])
+    # the projection carries the class signal: held-out accuracy well above chance (0.25)
     assert clf.score(X[700:], y[700:]) > 0.9
-    assert "final=cholesky" in clf.solver_
 
 
 def test_save_load_predicts_the_same(tmp_path):
@@ -103,13 +119,15 @@ def test_fit_job_on_digits_engine_store_and_reload(tiny_engine, tmp_path):
     from engine.store import write_store
 
     eng = Engine(res["build_dir"])
-    sp = load_splits(None, eng.preprocess, validation_fraction=0.1)
+    sp = load_splits(None, eng.preprocess)  # the fit's own split: no validation, LOO on train
     with Featurizer(eng, 64, workers=0, progress=False) as f:
         write_store(tmp_path / "store", f, {"train": sp.train, "validation": sp.validation, "test": sp.test},
-                    classes=sp.classes)
+                    classes=sp.classes, source=sp.source)
     _, s2 = fit(FitConfig(features=str(tmp_path / "store"), n_components=1000, progress=False))
+    assert s["select"] == s2["select"] == "loo" and s2["validation_source"] is None
     assert s2["test_accuracy"] == pytest.approx(s["test_accuracy"], abs=0.01)
-    assert s2["alpha"] == s["alpha"]
+    assert s2["alpha"] == pytest.approx(s["alpha"], rel=1e-6)
+    assert s2["split"]["split_hashes"] == s["split"]["split_hashes"]
 
 
 def test_model_refuses_another_engine(tiny_engine, tmp_path):

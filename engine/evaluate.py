@@ -1,0 +1,116 @@
+"""`otl evaluate / predict`: a saved model on images, scored on exactly the split it held out.
+
+A model file records the split it was fitted on (split_record: source, layout, seed, fractions and
+a hash of each split's file list). evaluate() re-creates that split from the same folder and
+seed, checks the hashes, and refuses a folder that changed or a split that overlaps training.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from engine.classifier import ModelFileError
+from engine.timing import Timings
+from kernels._util import to_host
+
+SPLIT_KEYS = ("kind", "layout", "root", "seed", "test_fraction", "validation_fraction", "validation_source",
+              "counts", "split_hashes", "file_list_hash")
+
+
+class SplitMismatchError(ModelFileError):
+    """The data given to evaluate is not the data the model was fitted on, or overlaps its training rows."""
+
+
+def split_record(source: dict) -> dict:
+    """What a model file keeps of load_splits' source: enough to re-create and verify each split."""
+    return {k: source.get(k) for k in SPLIT_KEYS}
+
+
+def _recorded_args(rec: dict | None, data, seed, test_fraction, validation_fraction):
+    """The data folder and split parameters of the fit, each overridden only when given."""
+    if not rec:  # a model written before splits were recorded: the caller's values, else defaults
+        return data, 0 if seed is None else seed, 0.2 if test_fraction is None else test_fraction, \
+            validation_fraction or 0.0
+    if data is None and rec.get("kind") == "folder":
+        data = rec.get("root")
+        if not data or not Path(data).is_dir():
+            raise SplitMismatchError(f"the model was fitted on images in {data}, which is no longer a folder; "
+                                     "pass --data DIR with the same images")
+    pick = lambda given, key, default: rec.get(key, default) if given is None else given  # noqa: E731
+    return (data, pick(seed, "seed", 0), pick(test_fraction, "test_fraction", 0.2),
+            pick(validation_fraction, "validation_fraction", 0.0) or 0.0)
+
+
+def check_split(rec: dict | None, source: dict, split: str) -> None:
+    """Refuse a split the model trained on, or one whose files differ from the fit's."""
+    if not rec:
+        return
+    trained_on = rec.get("trained_on") or ["train"]
+    if split in trained_on:
+        raise SplitMismatchError(
+            f"the {split} split overlaps the rows this model was fitted on ({' + '.join(trained_on)}); "
+            "evaluate on the held-out test split (--split test), or refit with --select loo/kfold and no carve-out")
+    want = (rec.get("split_hashes") or {}).get(split)
+    got = (source.get("split_hashes") or {}).get(split)
+    if want is not None and got != want:
+        where = source.get("root") or "the embedded digits"
+        raise SplitMismatchError(
+            f"the {split} split of {where} (seed {source.get('seed')}, test fraction {source.get('test_fraction')}) "
+            f"is not the one this model held out: its files or labels changed since the fit (hash {str(got)[:12]} "
+            f"vs {want[:12]}). Restore the folder, pass the fit's --seed/--test-fraction, or refit; "
+            "--no-split-check scores other data anyway")
+
+
+def evaluate(model_path, data=None, engine=None, batch_size=32, workers=None, threads=None, seed=None,
+             test_fraction=None, strict=False, progress=None, split="test", check=True) -> dict:
+    """Accuracy of a saved model on `split` (default: the test split the fit held out).
+
+    data/seed/test_fraction default to the fit's recorded values; check=False scores other data
+    (a new test set) without the split checks.
+    """
+    from engine.data import load_splits
+    from engine.featurize import Featurizer
+    from engine.train import _accuracy, load_model
+
+    t = Timings()
+    m = load_model(model_path)
+    eng = m.engine(engine, threads)
+    recorded = m.meta.get("split")
+    rec = recorded if check else None
+    data, seed, test_fraction, vf = _recorded_args(recorded, data, seed, test_fraction, None)
+    if rec:
+        check_split(dict(rec, split_hashes={}), {}, split)  # overlap first: no need to read images
+    splits = load_splits(data, eng.preprocess, test_fraction=test_fraction, validation_fraction=vf, seed=seed,
+                         strict=strict)
+    check_split(rec, splits.source, split)
+    ds = getattr(splits, split)
+    if ds is None:
+        raise ValueError(f"the data has no {split} split; pass a DIR with {split}/ or a DIR/<class>/* layout")
+    unseen = sorted(set(splits.classes) - set(m.classifier.classes_))
+    if unseen:
+        raise ValueError(f"{split} data has classes never seen in training: {unseen} "
+                         f"(the model knows {m.classifier.classes_})")
+    remap = np.array([m.classifier.classes_.index(c) for c in splits.classes])
+    with Featurizer(eng, batch_size, workers, progress) as f:
+        acc, total = _accuracy(m.classifier, f.featurize(ds, desc=f"evaluate {split}"), False, remap)
+    t.seconds.update(m.classifier.timings_.seconds)
+    return {"accuracy": acc, "n": total, "split": split, "model": str(model_path),
+            "split_checked": bool(rec), "engine": eng.describe(), "timings": t.as_dict()}
+
+
+def predict_files(model_path, images: list[str], engine=None, threads=None) -> list[dict]:
+    from engine.data import Preprocess, load_rgb
+    from engine.train import load_model
+
+    m = load_model(model_path)
+    eng = m.engine(engine, threads)
+    pre: Preprocess = eng.preprocess
+    x = np.stack([pre(load_rgb(p)) for p in images]).astype(np.float32)
+    with eng.runner() as r:
+        scores = to_host(m.classifier.decision_function(r.infer(x)))
+    out = []
+    for p, s in zip(images, scores):
+        i = int(np.argmax(s))
+        out.append({"image": str(p), "class": m.classifier.classes_[i], "score": float(s[i])})
+    return out

@@ -1,0 +1,169 @@
+"""The classifier's ridge training: streamed statistics, the choice of alpha, the final solve.
+
+TransferClassifier.fit_stream feeds projected rows here (add, add_validation), then calls
+select() and final_solve(alpha). The policy (what "auto" means, which rows are kept and for what)
+lives here; the numerics live in kernels/ridge.py, kernels/selection.py and kernels/loo.py.
+
+Rows kept raw: for exact LOO, up to the classifier's loo_max_rows and loo_max_bytes (or a quarter
+of free RAM); with validation data, only while n <= k (the dual solve), so a holdout fit streams
+in O(k²) memory whatever n is. Per-fold statistics only where K-fold may run.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from kernels._util import get_array_module
+
+SELECT_METHODS = ("auto", "loo", "kfold", "holdout")
+
+
+class SelectionWarning(UserWarning):
+    """Alpha selection ran, but part of the data could not be scored (e.g. a class with one image)."""
+
+
+def raw_budget(max_bytes: int) -> int:
+    """Bytes of training rows that may be kept: max_bytes or a quarter of free RAM."""
+    try:
+        import psutil
+
+        free = int(psutil.virtual_memory().available)
+    except ImportError:
+        free = 8 << 30
+    return int(min(max_bytes, free // 4))
+
+
+class RidgeTrainer:
+    def __init__(self, clf, has_validation: bool):
+        from kernels.selection import FoldedNormalEquations, SelectionError
+
+        self.clf, self.nc = clf, len(clf.classes_)
+        self.grid = clf._grid_or_none()
+        if clf.select not in SELECT_METHODS:
+            raise SelectionError(f"unknown --select {clf.select!r}; expected one of {', '.join(SELECT_METHODS)}")
+        if clf.select == "holdout" and not has_validation and len(self.grid if self.grid is not None else ()) != 1:
+            raise SelectionError("--select holdout needs validation data: a validation/ folder or "
+                                 "--validation-fraction F; --select loo or kfold use the training rows instead")
+        self.holdout = has_validation and clf.select in ("auto", "holdout")
+        folds = clf.folds if clf.select == "kfold" or (clf.select == "auto" and not has_validation) else 1
+        self.train = FoldedNormalEquations(folds, clf.seed, keep_raw_bytes=raw_budget(clf.loo_max_bytes),
+                                           keep_raw_rows=None if clf.select == "loo" else clf.loo_max_rows,
+                                           dual_only=self.holdout)
+        self.labels, self.val_rows, self.val_labels = [], [], []
+        self.val_ne = self.spectral = None
+        self._models = {}  # alpha -> (W, b, solver) solved on train while selecting by holdout
+
+    # -- streaming --
+    def add(self, Y, y):
+        from kernels.ridge import one_vs_all_targets
+
+        self.train.update(Y, one_vs_all_targets(y, self.nc))
+        self.labels.append(y)
+
+    def add_validation(self, Y, y):
+        from kernels.ridge import NormalEquations, one_vs_all_targets
+
+        if self.val_ne is None:
+            self.val_ne = NormalEquations(keep_raw=self.clf.loo_max_rows or 0)
+        self.val_rows.append(Y)
+        self.val_labels.append(y)
+        self.val_ne.update(Y, one_vs_all_targets(y, self.nc))
+
+    @property
+    def n_validation(self) -> int:
+        return sum(len(y) for y in self.val_labels)
+
+    @property
+    def n_final(self) -> int:
+        return self.train.n + (self.n_validation if self.clf.refit_validation else 0)
+
+    # -- selection --
+    def select(self):
+        """The Selection (kernels/selection.py), or None when the grid has a single alpha."""
+        from kernels import selection as S
+
+        clf, grid = self.clf, self.grid
+        if grid is not None and len(grid) == 1:
+            return None
+        method = S.resolve_method(clf.select, self.n_validation > 0, self.train.rows is not None)
+        widen = grid is None
+        if grid is None:
+            grid = S.relative_alphas(S.alpha_scale(self.train, clf.fit_intercept))
+        if method == "holdout":
+            if not self.n_validation:
+                raise S.SelectionError("--select holdout: the validation split is empty; give validation images "
+                                       "or use --select loo or kfold")
+            return S.search(self._holdout_scorer(), grid, widen, "holdout")
+        if method == "kfold":
+            def kfold(alphas):
+                err, n, used = S.kfold_squared_error(self.train, alphas, clf.fit_intercept, clf.solver)
+                return None, err, n, used
+
+            return S.search(kfold, grid, widen, f"kfold({clf.folds})")
+        return self._loo(grid, widen)
+
+    def _loo(self, grid, widen):
+        from kernels import selection as S
+        from kernels.loo import SpectralRidge
+
+        rows = self.train.rows
+        if rows is None:
+            raise S.SelectionError(f"--select loo keeps the training rows in memory, but {self.train.n} rows did "
+                                   "not fit; use --select kfold")
+        xp = get_array_module(self.labels[0])
+        labels = xp.concatenate(self.labels)
+        self.spectral = sp = SpectralRidge(rows[0], rows[1], self.clf.fit_intercept)
+        mask, lone = S.loo_mask(labels, self.nc)
+        notes = []
+        if len(lone):
+            names = [self.clf.classes_[i] for i in lone]
+            notes.append(f"leave-one-out is undefined for class(es) {names} with a single training image: "
+                         f"their {len(lone)} row(s) are left out of the LOO score, but are in the model")
+            warnings.warn(notes[-1], SelectionWarning, stacklevel=4)
+        if not mask.any():
+            raise S.SelectionError("every class has a single training image: leave-one-out cannot score any "
+                                   "alpha; give more images or one alpha (--alphas A)")
+        mask = xp.asarray(mask)
+        sel = S.search(lambda a: (*sp.loo_scores(a, labels, mask), sp.solver), grid, widen, "loo")
+        sel.warnings[:0] = notes
+        return sel
+
+    def _holdout_scorer(self):
+        from kernels.ridge import one_vs_all_targets, predict_scores
+
+        clf = self.clf
+        xp = get_array_module(self.val_rows[0])
+        Yv, yv = xp.concatenate(self.val_rows), xp.concatenate(self.val_labels)
+        Tv = one_vs_all_targets(yv, self.nc)
+        ne = self.train.total(keep_raw_rows=clf.loo_max_rows or 0)
+
+        def score(alphas):
+            path = ne.solve_path(alphas, fit_intercept=clf.fit_intercept, solver=clf.solver)
+            acc, err = [], []
+            for a, W, b in zip(path.alphas, path.coefs, path.intercepts):
+                self._models[float(a)] = (W, b, path.solver)
+                s = predict_scores(Yv, W, b)
+                acc.append(float((xp.argmax(s, axis=1) == yv).mean()))
+                err.append(float(((s - Tv) ** 2).sum()))
+            return np.array(acc), np.array(err), len(yv), path.solver
+
+        return score
+
+    # -- the final model --
+    def final_solve(self, alpha: float):
+        """(W, intercept, solver) at alpha on every training row (and validation's, when refit)."""
+        from kernels.ridge import NormalEquations
+
+        clf = self.clf
+        if self.spectral is not None:
+            W, b = self.spectral.coef(alpha)
+            return W, b, self.spectral.solver.replace("loo-", "")
+        if self.val_ne is not None and not clf.refit_validation and alpha in self._models:
+            return self._models[alpha]  # solved on the same rows while selecting
+        ne = self.train.total(keep_raw_rows=clf.loo_max_rows or 0)
+        if self.val_ne is not None and clf.refit_validation:  # a new sum: train.total() stays as it is
+            ne = NormalEquations(keep_raw=clf.loo_max_rows or 0).merge(ne).merge(self.val_ne)
+        path = ne.solve_path([alpha], fit_intercept=clf.fit_intercept, solver="cholesky")
+        W, b = path[0]
+        return W, b, path.solver

@@ -1,0 +1,113 @@
+"""The split travels with the model: evaluate scores exactly the fit's held-out split and refuses
+data that changed since, or a split that overlaps training."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.evaluate import SplitMismatchError
+from engine.train import FitConfig, evaluate, fit
+
+
+def _photos(root: Path, n_per_class=12, classes=("red", "green", "blue"), seed=0) -> Path:
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(classes):
+        for i in range(n_per_class):
+            px = rng.integers(0, 60, (24, 24, 3))
+            px[..., c] += 150  # the class is the dominant channel
+            (root / name).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(px.astype(np.uint8)).save(root / name / f"{i:02d}.png")
+    return root
+
+
+@pytest.fixture
+def fitted(tiny_engine, tmp_path):
+    res, _ = tiny_engine
+    data = _photos(tmp_path / "photos")
+    model = tmp_path / "m.npz"
+    _, s = fit(FitConfig(engine=res["build_dir"], data=str(data), n_components=300, seed=3, test_fraction=0.25,
+                         out=str(model), progress=False, workers=0))
+    return data, model, s
+
+
+def test_evaluate_rescores_the_fits_own_test_split(fitted):
+    data, model, s = fitted
+    assert s["split"]["seed"] == 3 and s["split"]["trained_on"] == ["train"] and s["n_test"] == 9
+    ev = evaluate(model, workers=0, progress=False)  # no --data, no --seed: the recorded ones
+    assert ev["split_checked"] and ev["n"] == s["n_test"]
+    assert ev["accuracy"] == pytest.approx(s["test_accuracy"])
+    # the default seed 0 would be another split of the same folder: refused, not silently scored
+    with pytest.raises(SplitMismatchError, match=r"not the one this model held out.*--seed"):
+        evaluate(model, data=str(data), seed=0, workers=0, progress=False)
+
+
+def test_changed_folder_is_refused(fitted):
+    data, model, _ = fitted
+    (data / "red" / "00.png").unlink()
+    with pytest.raises(SplitMismatchError, match=r"files or labels changed since the fit"):
+        evaluate(model, workers=0, progress=False)
+    ev = evaluate(model, workers=0, progress=False, check=False)  # explicitly other data
+    assert not ev["split_checked"] and ev["n"] > 0
+
+
+def test_split_that_overlaps_training_is_refused(fitted, capsys):
+    from engine.cli import main
+
+    _, model, _ = fitted
+    with pytest.raises(SplitMismatchError, match=r"the train split overlaps the rows this model was fitted on"):
+        evaluate(model, split="train", workers=0)
+    assert main(["evaluate", "--model", str(model), "--split", "train", "--json", "--workers", "0"]) == 2
+    assert "overlaps the rows this model was fitted on" in json.loads(capsys.readouterr().out)["error"]
+
+
+def test_validation_merged_into_the_model_is_training(tiny_engine, tmp_path):
+    res, _ = tiny_engine
+    data = _photos(tmp_path / "photos")
+    model = tmp_path / "m.npz"
+    _, s = fit(FitConfig(engine=res["build_dir"], data=str(data), n_components=300, validation_fraction=0.2,
+                         out=str(model), progress=False, workers=0))
+    assert s["select"] == "holdout" and s["split"]["trained_on"] == ["train", "validation"]
+    assert s["n_final"] == s["n_train"] + s["n_validation"]
+    with pytest.raises(SplitMismatchError, match=r"validation split overlaps"):
+        evaluate(model, split="validation", workers=0)
+    assert evaluate(model, workers=0, progress=False)["accuracy"] == pytest.approx(s["test_accuracy"])
+
+
+def test_model_written_before_splits_were_recorded_still_evaluates(fitted, tmp_path):
+    """A version-1 model file (no split record) evaluates as before, on the data it is given."""
+    from engine.classifier import load_npz, save_npz
+
+    data, model, s = fitted
+    meta, arrays = load_npz(model)
+    for key in ("split", "selection", "n_final"):
+        meta.pop(key)
+    meta["format_version"] = 1
+    old = tmp_path / "old.npz"
+    save_npz(old, meta, arrays)
+    ev = evaluate(old, data=str(data), seed=3, test_fraction=0.25, workers=0, progress=False)
+    assert not ev["split_checked"] and ev["accuracy"] == pytest.approx(s["test_accuracy"])
+
+
+def test_store_without_validation_fits_and_records_its_split(tiny_engine, tmp_path):
+    from engine.cli import main
+
+    res, _ = tiny_engine
+    data = _photos(tmp_path / "photos")
+    store = tmp_path / "store"
+    assert main(["featurize", "--engine", res["build_dir"], "--data", str(data), "--out", str(store),
+                 "--quiet", "--workers", "0", "--seed", "3", "--test-fraction", "0.25"]) == 0
+    model = tmp_path / "m.npz"
+    _, s = fit(FitConfig(features=str(store), n_components=300, progress=False, out=str(model)))
+    assert s["select"] == "loo" and s["split"]["seed"] == 3 and s["split"]["store"] == str(store)
+    ev = evaluate(model, workers=0, progress=False)  # through the engine, on the store's recorded split
+    assert ev["split_checked"] and ev["accuracy"] == pytest.approx(s["test_accuracy"])
+    (data / "green" / "03.png").unlink()  # the folder the store was made from changed since
+    with pytest.raises(SplitMismatchError, match=r"changed since the fit"):
+        evaluate(model, workers=0, progress=False)
+    _photos(data)  # restore it
+    direct = fit(FitConfig(engine=res["build_dir"], data=str(data), n_components=300, seed=3, test_fraction=0.25,
+                           progress=False, workers=0))[1]
+    assert s["split"]["split_hashes"] == direct["split"]["split_hashes"]
+    assert s["test_accuracy"] == pytest.approx(direct["test_accuracy"])
