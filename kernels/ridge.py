@@ -348,10 +348,7 @@ class NormalEquations:
     @property
     def rows(self):
         """(Y, T) of the kept raw rows, or None once they were folded into the Gram."""
-        if not self._raw:
-            return None
-        xp = get_array_module(self._raw[0][0])
-        return xp.concatenate([y for y, _ in self._raw]), xp.concatenate([t for _, t in self._raw])
+        return concat_rows(self._raw)
 
     def squared_error(self, W, intercept) -> float:
         """Σ‖y W + b − t‖² over the rows these statistics hold, from the statistics alone.
@@ -386,6 +383,14 @@ class NormalEquations:
             my, mt = (self.mean_y, self.mean_t) if fit_intercept else (0 * G[0], 0 * B[0])
         intercepts = mt[None, :] - xp.einsum("k,akt->at", my, coefs)
         return RidgePath(alphas, coefs, intercepts, used)
+
+
+def concat_rows(raw):
+    """[(Y, T), ...] kept raw batches -> (Y, T) concatenated, or None when there are none."""
+    if not raw:
+        return None
+    xp = get_array_module(raw[0][0])
+    return xp.concatenate([y for y, _ in raw]), xp.concatenate([t for _, t in raw])
 
 
 def predict_scores(Y, W, intercept):

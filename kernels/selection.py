@@ -18,7 +18,7 @@ import numpy as np
 
 from kernels._util import get_array_module, to_host
 from kernels.loo import SpectralRidge  # noqa: F401  (re-exported: part of selection's API)
-from kernels.ridge import NormalEquations, check_alphas
+from kernels.ridge import NormalEquations, check_alphas, concat_rows
 
 METHODS = ("auto", "loo", "kfold", "holdout")
 # Default grid: 3 alphas a decade from 1e-6 to 1e2 times tr(G)/k, the mean eigenvalue of G.
@@ -136,31 +136,27 @@ class FoldedNormalEquations:
             if bool(sel.any()):
                 self._folds[j].update(Y[sel], T[sel])
 
+    def _add_raw(self, raw):
+        start = 0
+        for Y, T in raw or ():
+            self._add(Y, T, start)
+            start += len(Y)
+
     def _split_raw(self):
         raw, self._raw = self._raw, None
-        if raw:
-            start = 0
-            for Y, T in raw:
-                self._add(Y, T, start)
-                start += len(Y)
+        self._add_raw(raw)
 
     @property
     def rows(self):
         """(Y, T) when every row is still kept, else None."""
-        if not self._raw:
-            return None
-        xp = get_array_module(self._raw[0][0])
-        return xp.concatenate([y for y, _ in self._raw]), xp.concatenate([t for _, t in self._raw])
+        return concat_rows(self._raw)
 
     def folds(self) -> list[NormalEquations]:
         """Per-fold statistics (built from the kept rows on first use)."""
         if self._folds is None:
             if not self._raw:
                 raise SelectionError("no training rows")
-            start = 0
-            for Y, T in self._raw:
-                self._add(Y, T, start)
-                start += len(Y)
+            self._add_raw(self._raw)
         return self._folds
 
     def total(self, keep_raw_rows: int = 0) -> NormalEquations:
