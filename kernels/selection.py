@@ -168,6 +168,8 @@ class FoldedNormalEquations:
             out = NormalEquations(keep_raw=keep_raw_rows, gemm_dtype=self.gemm_dtype)
             for Y, T in self._raw:
                 out.update(Y, T)
+        elif len(self._folds) == 1:
+            out = self._folds[0]  # nothing to sum (holdout, or LOO past its budget)
         else:
             out = NormalEquations(gemm_dtype=self.gemm_dtype)
             for ne in self._folds:
