@@ -42,15 +42,20 @@ def _recorded_args(rec: dict | None, data, seed, test_fraction, validation_fract
             pick(validation_fraction, "validation_fraction", 0.0) or 0.0)
 
 
-def check_split(rec: dict | None, source: dict, split: str) -> None:
-    """Refuse a split the model trained on, or one whose files differ from the fit's."""
-    if not rec:
-        return
-    trained_on = rec.get("trained_on") or ["train"]
+def check_overlap(rec: dict | None, split: str) -> None:
+    """Refuse a split the model was fitted on (before any image is read)."""
+    trained_on = (rec or {}).get("trained_on") or ([] if not rec else ["train"])
     if split in trained_on:
         raise SplitMismatchError(
             f"the {split} split overlaps the rows this model was fitted on ({' + '.join(trained_on)}); "
             "evaluate on the held-out test split (--split test), or refit with --select loo/kfold and no carve-out")
+
+
+def check_split(rec: dict | None, source: dict, split: str) -> None:
+    """Refuse a split the model trained on, or one whose files differ from the fit's."""
+    if not rec:
+        return
+    check_overlap(rec, split)
     want = (rec.get("split_hashes") or {}).get(split)
     got = (source.get("split_hashes") or {}).get(split)
     if want is not None and got != want:
@@ -79,8 +84,7 @@ def evaluate(model_path, data=None, engine=None, batch_size=32, workers=None, th
     recorded = m.meta.get("split")
     rec = recorded if check else None
     data, seed, test_fraction, vf = _recorded_args(recorded, data, seed, test_fraction, None)
-    if rec:
-        check_split(dict(rec, split_hashes={}), {}, split)  # overlap first: no need to read images
+    check_overlap(rec, split)
     splits = load_splits(data, eng.preprocess, test_fraction=test_fraction, validation_fraction=vf, seed=seed,
                          strict=strict)
     check_split(rec, splits.source, split)
