@@ -134,7 +134,7 @@ class RidgeTrainer:
 
         clf = self.clf
         xp = get_array_module(self.val_rows[0])
-        Yv, yv = xp.concatenate(self.val_rows), xp.concatenate(self.val_labels)
+        Yv, yv = xp.concatenate(self.val_rows).astype(xp.float64), xp.concatenate(self.val_labels)  # once, not per alpha
         Tv = one_vs_all_targets(yv, self.nc)
         ne = self.train.total(keep_raw_rows=clf.loo_max_rows or 0)
 

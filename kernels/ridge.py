@@ -89,8 +89,12 @@ def _solve_cholesky_mixed(G, B, alpha, max_iter: int = 10, g_norm: float | None 
     if torch is None:
         return None
     Gt, Bt = torch.from_numpy(G), torch.from_numpy(B)
-    A32 = Gt.to(torch.float32) if G32 is None else G32.clone()  # a path converts G once
-    A32.diagonal().add_(alpha)
+    if G32 is None:
+        A32 = Gt.to(torch.float32)
+        A32.diagonal().add_(alpha)
+    else:  # a path converts G once and only resets its diagonal per alpha (no k x k copy)
+        A32 = G32
+        A32.diagonal().copy_(Gt.diagonal().add(alpha))
     L, info = torch.linalg.cholesky_ex(A32)
     if int(info) != 0:
         return None
