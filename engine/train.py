@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 from engine.classifier import ModelFileError, TransferClassifier, load_npz, save_npz
 from engine.evaluate import evaluate, predict_files, split_record  # noqa: F401  (evaluate's home; re-exported)
