@@ -163,11 +163,13 @@ def apply_cut(extractor, cut: Cut):
     return torch.nn.Sequential(__import__("collections").OrderedDict(children))
 
 
-def list_cuts(model: str, input_size: int = 224) -> list[dict]:
-    """Every valid cut of `model` with its output shape (C, H, W) and feature count, in order."""
+def list_cuts(model: str, input_size: int = 224, pool: str = "none") -> list[dict]:
+    """Every valid cut of `model` with its output shape (C, H, W) and feature count after `pool`
+    (None where the map is too small for it), in order."""
     import torch
 
     info = model_info(model)
+    pool_grid(pool)  # a bad spec fails here, not as a column of None
     net = build_torchvision(model, None)
     ext = feature_extractor(net, info.family).eval()
     shapes: dict[str, tuple] = {}
@@ -196,10 +198,12 @@ def list_cuts(model: str, input_size: int = 224) -> list[dict]:
     default = resolve_cut(info.default_cut, ext, info.family, model).name
     for name, _ in _cut_names(stages(ext, info.family)):
         shape = shapes[name]
-        n = 1
-        for d in shape:
-            n *= d
-        rows.append({"cut": name, "shape": list(shape), "features": n, "default": name == default})
+        try:
+            check_pool(pool, model, name, shape, input_size)
+            n = pooled_features(shape, pool)
+        except BackboneError:
+            n = None
+        rows.append({"cut": name, "shape": list(shape), "pool": pool, "features": n, "default": name == default})
     if default == "features":
         rows[-1]["default"] = True
     return rows
@@ -342,13 +346,79 @@ def check_weights_spec(weights: str) -> None:
         )
 
 
-def build_cut(model: str, cut: str | None, weights: str, seed: int = 0):
-    """(cut module wrapped with a Flatten, resolved Cut). The module is what gets exported."""
+def build_cut(model: str, cut: str | None, weights: str, seed: int = 0, pool: str = "none",
+              input_size: int = 224):
+    """(cut module [+ pooling] + Flatten, resolved Cut). The module is what gets exported, so the
+    pooling is part of the ONNX graph and every backend and precision gets it."""
     import torch
 
     info = model_info(model)
     resolved = resolve(model, cut)  # fail on a bad cut before loading any weights
+    grid = pool_grid(pool)
+    if grid:
+        check_pool(pool, model, resolved.name, cut_map_shape(model, resolved.name, input_size), input_size)
     check_weights_spec(weights)
     net = build_torchvision(model, weights, seed)
     ext = feature_extractor(net, info.family)
-    return torch.nn.Sequential(apply_cut(ext, resolved), torch.nn.Flatten(1)).eval(), resolved
+    layers = [apply_cut(ext, resolved)]
+    if grid:
+        layers.append(torch.nn.AdaptiveAvgPool2d(grid))
+    return torch.nn.Sequential(*layers, torch.nn.Flatten(1)).eval(), resolved
+
+
+# ----------------------------------------------------------------------------- pooling at the cut
+
+
+POOL_HELP = "none (the full C x H x W map, the reference) | avg (global average: C) | avgN (N x N adaptive average: C*N*N)"
+
+
+def pool_grid(pool: str) -> int:
+    """0 for "none", N for "avgN" ("avg" is avg1). Raises BackboneError on anything else."""
+    if not isinstance(pool, str):
+        raise BackboneError(f"pool must be a string, got {type(pool).__name__} {pool!r}; valid: {POOL_HELP}")
+    spec = pool.strip().lower()
+    if spec == "none":
+        return 0
+    m = re.fullmatch(r"avg(\d*)", spec)
+    if m and (m.group(1) == "" or int(m.group(1)) >= 1):
+        return int(m.group(1) or 1)
+    raise BackboneError(f"unknown pool {pool!r}; valid: {POOL_HELP}")
+
+
+def pooled_features(shape, pool: str) -> int:
+    """Feature count of a (C, H, W) map after `pool`."""
+    n = pool_grid(pool)
+    c, *spatial = shape
+    if not n:
+        out = c
+        for d in spatial:
+            out *= d
+        return out
+    return c * n * n
+
+
+def check_pool(pool: str, model: str, cut: str, shape, input_size: int) -> None:
+    """An N x N average needs a map of at least N x N (otherwise bins would repeat pixels)."""
+    n = pool_grid(pool)
+    if n and (len(shape) != 3 or n > min(shape[1:])):
+        h, w = (shape[1], shape[2]) if len(shape) == 3 else (1, 1)
+        raise BackboneError(
+            f"--pool {pool} needs a feature map of at least {n}x{n}, but {model} cut {cut} gives "
+            f"{'x'.join(map(str, shape))} at input {input_size}; possible: none, avg"
+            + (f", avg2 .. avg{min(h, w)}" if min(h, w) >= 2 else "")
+            + " (or cut earlier, or use a larger --input-size)")
+
+
+def cut_map_shape(model: str, cut: str | None, input_size: int = 224) -> tuple:
+    """(C, H, W) of the cut's output, computed on the meta device (no weights, no compute)."""
+    import torch
+    import torchvision
+
+    info = model_info(model)
+    with torch.device("meta"):
+        net = getattr(torchvision.models, model)(weights=None)
+        ext = feature_extractor(net, info.family)
+        resolved = resolve_cut(info.default_cut if cut is None else cut, ext, info.family, model)
+        with torch.no_grad():
+            out = apply_cut(ext, resolved).eval()(torch.zeros(1, 3, input_size, input_size))
+    return tuple(int(d) for d in out.shape[1:])

@@ -7,6 +7,7 @@ never picked up).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,8 @@ class EngineConfig:
     precision: str = "fp32"
     backend: str = "auto"
     input_size: int | None = None  # None: the weights' preprocessing crop size
+    pool: str = "none"  # none | avg | avgN: pooling at the cut, inside the ONNX graph
+    resize: str = "crop"  # crop (torchvision's weights transforms) | squash (the reference's Resize((s, s)))
     out: str | None = None  # None: builds/<model>-<cut>-<weights>-<precision>
     data: str | None = None  # calibration images for int8 (None: embedded digits)
     calibration_images: int = 512
@@ -50,7 +53,14 @@ def check_config(cfg: EngineConfig) -> None:
     from engine.backbones import model_info
     from engine.runners import BACKENDS
 
+    from engine.backbones import pool_grid
+    from engine.data import RESIZE_MODES
+
     model_info(cfg.model)
+    pool_grid(cfg.pool)
+    if cfg.resize not in RESIZE_MODES:
+        raise BuildError(f"unknown resize {cfg.resize!r}; expected one of {', '.join(RESIZE_MODES)} "
+                         "(crop: torchvision's resize + center crop; squash: the reference's Resize((s, s)))")
     if cfg.precision not in PRECISIONS:
         raise BuildError(f"unknown precision {cfg.precision!r}; expected one of {', '.join(PRECISIONS)}")
     if cfg.backend not in BACKENDS:
@@ -61,7 +71,8 @@ def check_config(cfg: EngineConfig) -> None:
 
 def default_out(cfg: EngineConfig, cut_name: str) -> Path:
     w = cfg.weights if cfg.weights in ("imagenet", "random") else Path(cfg.weights).stem
-    return Path("builds") / f"{cfg.model}-{cut_name}-{w}-{cfg.precision}"
+    recipe = "".join(f"-{v}" for v, default in ((cfg.pool, "none"), (cfg.resize, "crop")) if v != default)
+    return Path("builds") / f"{cfg.model}-{cut_name}{recipe}-{w}-{cfg.precision}"
 
 
 def build_engine(cfg: EngineConfig) -> dict:
@@ -79,16 +90,20 @@ def build_engine(cfg: EngineConfig) -> dict:
         wid = backbones.weights_id(cfg.weights, cfg.seed, cfg.model)
     size = cfg.input_size or preprocess.crop_size
     if size != preprocess.crop_size:  # keep the weights' resize/crop ratio (256/224 for ImageNet)
-        import dataclasses
-
         ratio = preprocess.resize_size / preprocess.crop_size
         preprocess = dataclasses.replace(preprocess, crop_size=size, resize_size=int(round(size * ratio)))
+    if cfg.resize != "crop":
+        preprocess = dataclasses.replace(preprocess, resize=cfg.resize)
+    if cfg.pool != "none":
+        backbones.check_pool(cfg.pool, cfg.model, cut.name, backbones.cut_map_shape(cfg.model, cut.name, size), size)
     out = Path(cfg.out) if cfg.out else default_out(cfg, cut.name)
     key_parts = {
         "build_version": BUILD_VERSION, "model": cfg.model, "cut": cut.name, "weights": wid,
         "input_size": size, "precision": cfg.precision, "backend": backend,
         "preprocess": preprocess.to_dict(), "torch": library_versions()["torch"],
     }
+    if cfg.pool != "none":  # left out when "none", so keys of engines built before pooling stay valid
+        key_parts["pool"] = cfg.pool
     calib = None
     if cfg.precision == "int8":
         from engine.int8 import calibration_plan
@@ -112,7 +127,7 @@ def build_engine(cfg: EngineConfig) -> dict:
     from engine.export import convert_fp16, export_onnx
 
     with t("load_backbone"):
-        module, _ = backbones.build_cut(cfg.model, cut.name, cfg.weights, cfg.seed)
+        module, _ = backbones.build_cut(cfg.model, cut.name, cfg.weights, cfg.seed, pool=cfg.pool, input_size=size)
 
     files: dict[str, Path] = {}
     with t("export_onnx"):
@@ -144,7 +159,8 @@ def build_engine(cfg: EngineConfig) -> dict:
     emulated = cfg.precision == "fp16" and backend == "onnxruntime" and _cpu_only()
     manifest = {
         "kind": "otl-engine", "key": key, "key_parts": key_parts,
-        "model": cfg.model, "cut": {"name": cut.name, "features": None}, "weights": {"spec": cfg.weights, "id": wid},
+        "model": cfg.model, "cut": {"name": cut.name, "features": None, "pool": cfg.pool},
+        "recipe": {"pool": cfg.pool, "resize": preprocess.resize}, "weights": {"spec": cfg.weights, "id": wid},
         "seed": cfg.seed, "precision": cfg.precision, "backend": backend, "emulated": emulated,
         "engine": str(engine_file.relative_to(out)),
         "input": {"name": "images", "shape": [-1, 3, size, size], "dtype": "float32"},
@@ -182,6 +198,7 @@ def _summary(out: Path, manifest: dict, rebuilt: bool, timings: Timings) -> dict
         "precision": manifest["precision"], "backend": manifest["backend"],
         "emulated": manifest["emulated"], "model": manifest["model"], "cut": manifest["cut"]["name"],
         "features": manifest["cut"]["features"], "rebuilt": rebuilt,
+        "recipe": manifest.get("recipe", {"pool": "none", "resize": "crop"}),
         "calibration": manifest.get("calibration", {}).get("summary"),
         "timings": timings.as_dict(),
     }

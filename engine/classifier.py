@@ -28,6 +28,10 @@ class ModelFileError(ValueError):
     """A classifier file that is corrupt, incomplete or for another engine."""
 
 
+class EncoderWarning(UserWarning):
+    """An encoder that throws the features' information away (e.g. sign on non-negative features)."""
+
+
 def make_projection(kind: str, n_components: int, seed: int, **options):
     from kernels.projection import LightOnOPU, SimulatedOPU
 
@@ -74,21 +78,46 @@ class TransferClassifier:
         if int(self.folds) < 2:
             raise ValueError(f"folds must be >= 2, got {self.folds!r}")
         self.encoder_ = parse_encoder(self.encoder)
+        if not self.encoder_.binary and self.projection != "none":
+            raise ValueError(f"encoder 'none' passes float features on, but the {self.projection} projection "
+                             "takes bits; use --projection none (ridge on the features) or a binary encoder")
         opts = {}
         if self.projection == "sim":
             opts = {"matrix_dtype": self.matrix_dtype, "camera_bits": self.camera_bits}
         self.projection_ = make_projection(self.projection, self.n_components, self.seed, **opts)
 
     def encode(self, X):
-        """(n, F) float features -> (n, F) uint8 bits."""
+        """(n, F) float features -> (n, F * bits per feature) uint8 bits (float32 for encoder none)."""
         with self.timings_("encode"):
             check_finite(X, "featurization (engine output)")
             return self.encoder_(X)
 
+    def _fit_encoder(self, batches, encoded: bool):
+        """Batches, with a fitted encoder's thresholds learnt from their first rows on the way."""
+        from kernels.encode import fit_on_first_rows
+
+        if encoded or self.encoder_.fitted:
+            return batches
+        return fit_on_first_rows(self.encoder_, batches)
+
+    def _check_bits(self, bits) -> None:
+        """Warn when the encoder makes (almost) every feature constant: sign on non-negative features."""
+        import warnings
+
+        if not self.encoder_.binary or len(bits) < 8:
+            return
+        xp = get_array_module(bits)
+        constant = float(xp.mean(xp.all(bits == bits[:1], axis=0)))
+        if constant > 0.9:
+            warnings.warn(
+                f"encoder {self.encoder_.spec} gives the same bit to every training row on {constant:.0%} of the "
+                "features (non-negative features, e.g. a pooled ReLU output, are all > 0): those bits carry no "
+                "information. Use --encode threshold:median or thresholds:Q", EncoderWarning, stacklevel=3)
+
     def project(self, bits):
         """(n, F) bits -> (n, k) float32 optical features (bits as float32 when projection='none')."""
         if self.projection_ is None:
-            return bits.astype(np.float32)
+            return bits.astype(np.float32, copy=False)
         with self.timings_("project"):
             if getattr(self.projection_, "n_features_", None) is None:
                 self.projection_.fit(bits.shape[1])
@@ -100,14 +129,18 @@ class TransferClassifier:
         """(n, F) features (or 0/1 bits when encoded) -> (n, k) float32 projected features."""
         return self.project(X if encoded else self.encode(X))
 
-    def project_stream(self, batches, encoded: bool = False):
+    def project_stream(self, batches, encoded: bool = False, check: bool = False):
         """(features, labels) batches -> (projected, labels) blocks of >= project_rows rows.
 
         Bits are gathered before projecting: each projection call streams the whole random matrix
         through the GEMM, so 32-row engine batches would pay for it 32 times more often.
+        check: warn once if the first block's bits are constant (see _check_bits).
         """
         bits = ((X if encoded else self.encode(X), y) for X, y in batches)
         for B, y in _rebatch(bits, self.project_rows):
+            if check:
+                self._check_bits(B)
+                check = False
             yield self.project(B), y
 
     # ------------------------------------------------------------------ fitting
@@ -138,7 +171,8 @@ class TransferClassifier:
         if len(self.classes_) < 2:
             raise ValueError(f"need at least 2 classes to train a classifier, got {self.classes_}")
         trainer = RidgeTrainer(self, has_validation=validation is not None)
-        for Y, y in _rebatch(self.project_stream(batches, encoded), self.accumulate_rows):
+        batches = self._fit_encoder(batches, encoded)
+        for Y, y in _rebatch(self.project_stream(batches, encoded, check=not encoded), self.accumulate_rows):
             with t("solve"):
                 trainer.add(Y, _asint(y, Y))
         if trainer.train.n == 0:
@@ -201,18 +235,23 @@ class TransferClassifier:
         """(JSON-able metadata, arrays) holding everything needed to predict."""
         meta = {
             "format": "otl-transfer-classifier", "format_version": FORMAT_VERSION,
-            "params": {k: getattr(self, k) for k in ("n_components", "encoder", "projection", "seed",
-                                                      "fit_intercept", "solver", "matrix_dtype", "camera_bits",
-                                                      "select", "folds", "refit_validation")},
+            "params": {**{k: getattr(self, k) for k in ("n_components", "projection", "seed",
+                                                        "fit_intercept", "solver", "matrix_dtype", "camera_bits",
+                                                        "select", "folds", "refit_validation")},
+                       "encoder": self.encoder_.spec},
             "alphas": self._grid_list(), "alpha": self.alpha_,
             "selection": self.selection_.to_dict() if getattr(self, "selection_", None) is not None else None,
             "n_final": getattr(self, "n_final_", self.n_train_),
             "classes": [c.item() if hasattr(c, "item") else c for c in self.classes_],
-            "encoder": self.encoder_.to_dict(), "solver_used": self.solver_, "n_train": self.n_train_,
+            "encoder": self.encoder_.to_dict(), "encoder_stats": self.encoder_.stats_,
+            "solver_used": self.solver_, "n_train": self.n_train_,
             "projection_state": self.projection_.to_dict() if self.projection_ is not None else None,
             "validation_accuracy": self.validation_accuracy_,
         }
-        return meta, {"coef": to_host(self.coef_), "intercept": to_host(self.intercept_)}
+        arrays = {"coef": to_host(self.coef_), "intercept": to_host(self.intercept_)}
+        if self.encoder_.thresholds_ is not None:
+            arrays["encoder_thresholds"] = self.encoder_.thresholds_
+        return meta, arrays
 
     def _grid_list(self) -> list:
         sel = getattr(self, "selection_", None)
@@ -228,6 +267,11 @@ class TransferClassifier:
         clf = cls(alphas=meta["alphas"], **p)
         clf.alphas_ = np.asarray(meta["alphas"])
         clf.encoder_ = Encoder.from_dict(meta["encoder"])
+        if clf.encoder_.needs_fit:
+            if "encoder_thresholds" not in arrays:
+                raise ModelFileError(f"the model's encoder {clf.encoder_.spec} has no thresholds in the file; "
+                                     "it is incomplete: retrain it")
+            clf.encoder_.set_thresholds(arrays.pop("encoder_thresholds"), meta.get("encoder_stats"))
         ps = meta["projection_state"]
         if ps is None:
             clf.projection_ = None

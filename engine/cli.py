@@ -19,7 +19,7 @@ EMULATION_NOTE = ("fp16 on ONNX Runtime CPU is an accuracy emulation: x86 has no
 
 
 def _engine_args(p: argparse.ArgumentParser, precision_default="fp32") -> None:
-    from engine.backbones import MODELS
+    from engine.backbones import MODELS, POOL_HELP
     from engine.build import PRECISIONS
     from engine.runners import BACKENDS
 
@@ -30,6 +30,10 @@ def _engine_args(p: argparse.ArgumentParser, precision_default="fp32") -> None:
     g.add_argument("--precision", default=precision_default, choices=None, help=f"{' | '.join(PRECISIONS)}")
     g.add_argument("--backend", default="auto", help=f"{' | '.join(BACKENDS)} (auto: TensorRT if usable, else ONNX Runtime)")
     g.add_argument("--input-size", type=int, default=None, help="square input size (default: the weights' crop size)")
+    g.add_argument("--pool", default="none", help=f"pooling at the cut, inside the engine: {POOL_HELP} (default none)")
+    g.add_argument("--resize", default="crop", choices=("crop", "squash"),
+                   help="crop: shorter side + center crop (torchvision's weights transforms); "
+                        "squash: the whole image resized to a square (the reference's); default crop")
     g.add_argument("--threads", type=int, default=None, help="intra-op threads of the runner")
     g.add_argument("--force", action="store_true", help="rebuild even when the manifest key is unchanged")
     g.add_argument("--calibration-images", type=int, default=512, help="int8: images used for calibration")
@@ -65,7 +69,7 @@ def _engine_config(a: argparse.Namespace, out=None):
     from engine.build import EngineConfig
 
     return EngineConfig(model=a.model, cut=a.cut, weights=a.weights, seed=a.seed, precision=a.precision,
-                        backend=a.backend, input_size=a.input_size, out=out, data=getattr(a, "data", None),
+                        backend=a.backend, input_size=a.input_size, pool=a.pool, resize=a.resize, out=out, data=getattr(a, "data", None),
                         calibration_images=a.calibration_images, calibration_method=a.calibration_method,
                         keep_fp32=a.keep_fp32, bias_correction=a.bias_correction, refine_images=a.refine_images,
                         batch_size=getattr(a, "batch_size", 32), threads=a.threads, force=a.force)
@@ -77,13 +81,14 @@ def _engine_config(a: argparse.Namespace, out=None):
 def cmd_cuts(a) -> dict:
     from engine.backbones import list_cuts
 
-    rows = list_cuts(a.model, a.input_size or 224)
+    rows = list_cuts(a.model, a.input_size or 224, a.pool)
     if not a.json:
-        print(f"{a.model}: {len(rows)} cuts at {a.input_size or 224}x{a.input_size or 224} (* = default)")
+        print(f"{a.model}: {len(rows)} cuts at {a.input_size or 224}x{a.input_size or 224}, pool {a.pool} (* = default)")
         for r in rows:
             shape = "x".join(map(str, r["shape"]))
-            print(f"  {'*' if r['default'] else ' '} {r['cut']:<20} {shape:>14} {r['features']:>10,} features")
-    return {"model": a.model, "cuts": rows}
+            n = f"{r['features']:>10,} features" if r["features"] is not None else f"  (map too small for {a.pool})"
+            print(f"  {'*' if r['default'] else ' '} {r['cut']:<20} {shape:>14} {n}")
+    return {"model": a.model, "pool": a.pool, "cuts": rows}
 
 
 def cmd_engines(a) -> dict:
@@ -94,7 +99,9 @@ def cmd_engines(a) -> dict:
         res["note"] = EMULATION_NOTE
     if not a.json:
         state = "built" if res["rebuilt"] else "up to date (manifest key unchanged)"
-        print(f"engine {res['model']} cut {res['cut']} ({res['features']:,} features), {res['precision']} on "
+        r = res["recipe"]
+        print(f"engine {res['model']} cut {res['cut']} pool {r['pool']} resize {r['resize']} "
+              f"({res['features']:,} features), {res['precision']} on "
               f"{res['backend']}: {state}\n  onnx:   {res['onnx']}\n  engine: {res['engine']}")
         if res.get("calibration"):
             c = res["calibration"]
@@ -139,7 +146,7 @@ def cmd_featurize(a) -> dict:
     parts = {"train": splits.train, "validation": splits.validation, "test": splits.test}
     with t("featurize"), Featurizer(engine, a.batch_size, a.workers, progress=False if a.quiet else None) as f:
         manifest = write_store(a.out, f, parts, fmt=a.format, encoder=a.encode, classes=splits.classes,
-                               source=splits.source)
+                               source=splits.source, seed=a.seed)
     rows = {k: v["rows"] for k, v in manifest["splits"].items()}
     n = sum(rows.values())
     res = {"store": a.out, "engine": engine.describe(), "format": a.format, "rows": rows,
@@ -183,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("cuts", help="list the valid cuts of a model with output shapes")
     c.add_argument("model")
     c.add_argument("--input-size", type=int, default=None)
+    c.add_argument("--pool", default="none", help="feature counts after this pooling: none | avg | avgN")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_cuts)
 
@@ -200,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--engine", default=None, help="an engine build folder (else built from the engine arguments)")
     f.add_argument("--out", required=True, help="feature store folder to write")
     f.add_argument("--format", default="bits", help="bits (packed, after --encode) | float16 | float32")
-    f.add_argument("--encode", default="sign", help="sign | threshold:T (for the bits format)")
+    f.add_argument("--encode", default="sign", help="bits format: sign | threshold:T | threshold:median | thresholds:Q "
+                        "(fitted encoders learn their thresholds on train; default sign)")
     f.set_defaults(func=cmd_featurize)
 
     k = sub.add_parser("cache", help="the on-disk cache of OPU random matrices: size, location, --clear")

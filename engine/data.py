@@ -28,6 +28,7 @@ SPLIT_NAMES = {"train": "train", "validation": "validation", "val": "validation"
                "test": "test"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+RESIZE_MODES = ("crop", "squash")
 
 
 class DataError(ValueError):
@@ -40,13 +41,18 @@ class DataWarning(UserWarning):
 
 @dataclass(frozen=True)
 class Preprocess:
-    """Resize the shorter side to resize_size, center crop crop_size, scale to [0, 1], normalize."""
+    """Resize the shorter side to resize_size, center crop crop_size, scale to [0, 1], normalize.
+
+    resize="squash" is the reference's Resize((crop_size, crop_size)) instead: the whole image,
+    aspect ratio not kept, no crop (resize_size is then unused).
+    """
 
     resize_size: int
     crop_size: int
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bilinear"  # "bilinear" | "bicubic"
+    resize: str = "crop"  # "crop" (torchvision's weights transforms) | "squash" (the reference)
 
     def __post_init__(self):
         object.__setattr__(self, "resize_size", int(self.resize_size))
@@ -62,9 +68,14 @@ class Preprocess:
         if self.interpolation not in ("bilinear", "bicubic"):
             raise DataError(f"Preprocess interpolation {self.interpolation!r} is not supported; "
                             "expected 'bilinear' or 'bicubic'")
+        if self.resize not in RESIZE_MODES:
+            raise DataError(f"resize {self.resize!r} is not supported; expected one of {', '.join(RESIZE_MODES)} "
+                            "(crop: shorter side + center crop, torchvision's; squash: the whole image to a square, the reference's)")
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        if d["resize"] == "crop":  # the default is left out, so engine keys from before it stay valid
+            del d["resize"]
         return {**d, "mean": list(self.mean), "std": list(self.std)}
 
     @classmethod
@@ -94,10 +105,14 @@ class Preprocess:
         from torchvision.transforms import InterpolationMode
         from torchvision.transforms import functional as F
 
-        image = F.resize(to_rgb(image), [self.resize_size], InterpolationMode(self.interpolation), antialias=True)
+        mode = InterpolationMode(self.interpolation)
+        if self.resize == "squash":
+            image = F.resize(to_rgb(image), [self.crop_size, self.crop_size], mode, antialias=True)
+        else:
+            image = F.center_crop(F.resize(to_rgb(image), [self.resize_size], mode, antialias=True), [self.crop_size])
         # Same float32 operations in the same order as torchvision: x / 255, then (x - mean) / std,
         # in place on a (3, H, W) copy (7x faster than broadcasting over the (H, W, 3) view).
-        x = np.asarray(F.center_crop(image, [self.crop_size])).transpose(2, 0, 1).astype(np.float32, order="C")
+        x = np.asarray(image).transpose(2, 0, 1).astype(np.float32, order="C")
         x /= np.float32(255)
         x -= np.asarray(self.mean, np.float32)[:, None, None]
         x /= np.asarray(self.std, np.float32)[:, None, None]

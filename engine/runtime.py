@@ -42,7 +42,8 @@ class Engine:
         m = self.manifest
         return {"build_dir": str(self.root), "key": m["key"], "model": m["model"], "cut": m["cut"]["name"],
                 "weights": m["weights"]["id"], "precision": m["precision"], "backend": self.backend,
-                "emulated": m.get("emulated", False), "features": self.n_features}
+                "emulated": m.get("emulated", False), "features": self.n_features,
+                "recipe": m.get("recipe", {"pool": "none", "resize": "crop"})}
 
     def engine_file(self, backend: str) -> Path:
         files = self.manifest["files"]

@@ -19,16 +19,28 @@ from engine.artifacts import ArtifactError, file_entry, read_manifest, write_man
 from kernels._util import to_host
 
 FORMATS = ("bits", "float16", "float32")
+THRESHOLDS_FILE = "encoder.thresholds.npy"
 
 
-def write_store(path, featurizer, splits: dict, fmt: str = "bits", encoder: str = "sign",
-                classes: list[str] | None = None, source: dict | None = None) -> dict:
-    """Featurize each dataset in `splits` ({"train": ds, ...}) into a store at `path`."""
-    from kernels.encode import packbits, parse_encoder
+def write_store(path, featurizer, splits: dict, fmt: str = "bits", encoder="sign",
+                classes: list[str] | None = None, source: dict | None = None, seed: int = 0) -> dict:
+    """Featurize each dataset in `splits` ({"train": ds, ...}) into a store at `path`.
+
+    A bits store is encoded on the way; an encoder with fitted thresholds (threshold:median,
+    thresholds:Q) learns them from the first rows of train, put in a seeded random order when
+    train is larger than the sample (encode.sample_first_order), and saves them in the store.
+    Float stores keep the raw features: any encoder can be fitted on them later.
+    """
+    from kernels.encode import fit_on_first_rows, packbits, parse_encoder, sample_capacity, sample_first_order
 
     if fmt not in FORMATS:
         raise ValueError(f"unknown feature store format {fmt!r}; expected one of {', '.join(FORMATS)}")
     enc = parse_encoder(encoder)
+    if fmt == "bits" and not enc.binary:
+        raise ValueError("encoder 'none' makes floats, not bits: write --format float16 or float32 instead")
+    fit_encoder = fmt == "bits" and enc.needs_fit and not enc.fitted
+    if fit_encoder and splits.get("train") is None:
+        raise ValueError(f"encoder {enc.spec} learns its thresholds on the train split, and there is none")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
@@ -38,10 +50,17 @@ def write_store(path, featurizer, splits: dict, fmt: str = "bits", encoder: str 
             if ds is None:
                 continue
             rows, labels = 0, []
+            if name == "train" and fit_encoder:
+                width = featurizer.engine.n_features if featurizer.engine is not None else None
+                order = sample_first_order(len(ds), sample_capacity(width) if width else 4096, seed)
+                ds = ds.select(order) if order is not None else ds
+            stream = featurizer.featurize(ds, desc=f"featurize {name}")
+            if name == "train" and fit_encoder:
+                stream = fit_on_first_rows(enc, stream)
             with open(tmp / f"{name}.features.bin", "wb") as f:
-                for feats, y in featurizer.featurize(ds, desc=f"featurize {name}"):
+                for feats, y in stream:
                     feats = to_host(feats)
-                    n_features = feats.shape[1]
+                    n_features = feats.shape[1] * (enc.bits_per_feature() if fmt == "bits" else 1)
                     if fmt == "bits":
                         block = to_host(packbits(enc(feats)))
                     else:
@@ -55,9 +74,13 @@ def write_store(path, featurizer, splits: dict, fmt: str = "bits", encoder: str 
         for name in split_info:
             for part in ("features.bin", "labels.npy"):
                 files[f"{name}.{part}"] = file_entry(tmp / f"{name}.{part}", tmp)
+        if fmt == "bits" and enc.thresholds_ is not None:
+            np.save(tmp / THRESHOLDS_FILE, enc.thresholds_)
+            files[THRESHOLDS_FILE] = file_entry(tmp / THRESHOLDS_FILE, tmp)
         engine = featurizer.engine.describe() if featurizer.engine is not None else None
         manifest = {
-            "kind": "otl-feature-store", "format": fmt, "encoder": enc.to_dict(), "n_features": n_features,
+            "kind": "otl-feature-store", "format": fmt, "encoder": enc.to_dict() if fmt == "bits" else None,
+            "encoder_stats": enc.stats_ if fmt == "bits" else None, "n_features": n_features,
             "row_bytes": _row_bytes(fmt, n_features), "splits": split_info, "classes": classes,
             "engine": engine, "source": source, "files": files,
         }
@@ -122,24 +145,50 @@ class FeatureStore:
     def labels(self, split: str) -> np.ndarray:
         return np.load(self.root / f"{split}.labels.npy")
 
+    def encoder(self, requested=None):
+        """The encoder a bits store was written with, thresholds loaded; `requested` (a spec) must
+        be that one: bits cannot be re-encoded."""
+        from kernels.encode import Encoder, parse_encoder
+
+        if self.format != "bits":
+            raise ArtifactError(f"store {self.root} holds {self.format} features, not bits: it has no encoder; "
+                                "choose one with --encode")
+        enc = Encoder.from_dict(self.manifest["encoder"])
+        if requested is not None and parse_encoder(requested) != enc:
+            raise ArtifactError(
+                f"store {self.root} holds bits encoded with {enc.spec}, not {parse_encoder(requested).spec}: bits "
+                "cannot be re-encoded. Write a float store (`otl featurize --format float16`) to try other encoders")
+        if enc.needs_fit:
+            enc.set_thresholds(np.load(self.root / THRESHOLDS_FILE), self.manifest.get("encoder_stats"))
+        return enc
+
+    def sample(self, split: str = "train", capacity: int | None = None, seed: int = 0):
+        """A uniform sample of a float store's rows (encode.FeatureSample), to fit an encoder on."""
+        from kernels.encode import FeatureSample, sample_capacity
+
+        if self.format == "bits":
+            raise ArtifactError(f"store {self.root} holds bits: encoder statistics need a float16/float32 store")
+        sample = FeatureSample(capacity or sample_capacity(self.n_features), seed=seed)
+        for _, block in self._read_blocks(split, 4096):
+            sample.add(block)
+        return sample
+
     def iter_batches(self, split: str, batch_size: int = 1024, encoder=None):
         """Yields (X, y): X is (B, k) uint8 bits for a bits store (already encoded: `encoder` must be
-        None or the store's own), else the encoded raw features when an encoder is given."""
+        None or the store's own), else float32 features, encoded when a (fitted) encoder is given."""
         from kernels.encode import parse_encoder, unpackbits
 
         y = self.labels(split)
         if self.format == "bits" and encoder is not None:
-            if parse_encoder(encoder).to_dict() != self.manifest["encoder"]:
-                raise ArtifactError(
-                    f"store {self.root} holds bits encoded with {self.manifest['encoder']}, not {encoder!r}; "
-                    "write a float16 store to try other encoders"
-                )
+            self.encoder(encoder)  # raises unless it is the store's own
         enc = parse_encoder(encoder) if (encoder is not None and self.format != "bits") else None
         for i, block in self._read_blocks(split, batch_size):
             if self.format == "bits":
                 block = unpackbits(block, self.n_features)
-            elif enc is not None:
-                block = enc(block.astype(np.float32))
+            else:
+                block = block.astype(np.float32)
+                if enc is not None:
+                    block = enc(block)
             yield block, y[i:i + batch_size]
 
     def _read_blocks(self, split: str, batch_size: int):

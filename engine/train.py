@@ -19,6 +19,7 @@ from engine.timing import Timings
 from kernels._util import to_host
 
 HOLDOUT_FRACTION = 0.1  # --select holdout without validation/ carves this much of train
+DEFAULT_ENCODE = "sign"  # the encoder when --encode is not given (a bit store: the one it was written with)
 
 
 @dataclass
@@ -27,7 +28,7 @@ class FitConfig:
     features: str | None = None  # or a feature store (featurize once, fit many)
     data: str | None = None  # None: embedded digits
     n_components: int = 4000
-    encode: str | None = None  # None: sign, or the encoder a bit store was written with
+    encode: str | None = None  # None: DEFAULT_ENCODE, or the encoder a bit store was written with
     alphas: str | tuple = "auto"  # "auto": relative to tr(G)/k, widened at its edges; "reference"; numbers
     select: str = "auto"  # auto | loo | kfold | holdout (see kernels/selection.py)
     folds: int = 5
@@ -54,21 +55,24 @@ class FitConfig:
 
 def fit(cfg: FitConfig) -> tuple[TransferClassifier, dict]:
     """Train, evaluate on test/ when present, save when cfg.out. Returns (classifier, summary)."""
-    t0 = time.perf_counter()
-    encode = cfg.encode or "sign"
-    if cfg.features and cfg.encode is None:
-        from engine.store import FeatureStore
-        from kernels.encode import Encoder
+    from kernels.encode import parse_encoder
 
-        encode = Encoder.from_dict(FeatureStore(cfg.features).manifest["encoder"]).spec
-    clf = TransferClassifier(cfg.n_components, encode, cfg.alphas, cfg.projection, cfg.seed,
+    t0 = time.perf_counter()
+    encoder = parse_encoder(cfg.encode or DEFAULT_ENCODE)
+    if cfg.features:
+        from engine.store import FeatureStore
+
+        store = FeatureStore(cfg.features)
+        if store.format == "bits":  # its bits were made by its encoder: train (and predict) with that one
+            encoder = store.encoder(cfg.encode)
+    clf = TransferClassifier(cfg.n_components, encoder, cfg.alphas, cfg.projection, cfg.seed,
                              cfg.fit_intercept, matrix_dtype=cfg.matrix_dtype, camera_bits=cfg.camera_bits,
                              select=cfg.select, folds=cfg.folds, refit_validation=cfg.refit_validation)
     t = clf.timings_
     if cfg.features:
-        src = _StoreSource(cfg, t)
+        src = _StoreSource(cfg, t, encoder)
     elif cfg.engine:
-        src = _EngineSource(cfg, t)
+        src = _EngineSource(cfg, t, encoder)
     else:
         raise ValueError("fit needs --engine BUILD_DIR (an `otl engines` folder) or --features STORE")
     with src:
@@ -129,9 +133,10 @@ class _EngineSource:
 
     encoded = False
 
-    def __init__(self, cfg: FitConfig, t: Timings):
+    def __init__(self, cfg: FitConfig, t: Timings, encoder):
         from engine.data import load_splits
         from engine.runtime import Engine
+        from kernels.encode import sample_capacity, sample_first_order
 
         self.cfg, self.t = cfg, t
         self.engine = Engine(cfg.engine, threads=cfg.threads)
@@ -140,6 +145,10 @@ class _EngineSource:
         self.classes = self.splits.classes
         self.engine_info, self.engine_root = self.engine.describe(), self.engine.root
         self.train, self.val = self.splits.train, self.splits.validation
+        if encoder.needs_fit and not encoder.fitted:  # thresholds from the first rows: make them a uniform sample
+            order = sample_first_order(len(self.train), sample_capacity(self.engine.n_features), cfg.seed)
+            if order is not None:
+                self.train = self.train.select(order)
         self.validation_source = self.splits.source.get("validation_source")
         self.split = split_record(self.splits.source)
 
@@ -165,19 +174,15 @@ class _EngineSource:
 
 
 class _StoreSource:
-    def __init__(self, cfg: FitConfig, t: Timings):
+    def __init__(self, cfg: FitConfig, t: Timings, encoder):
         from engine.store import FeatureStore
 
         self.cfg, self.t = cfg, t
         self.store = FeatureStore(cfg.features)
         self.encoded = self.store.format == "bits"
-        stored = self.store.manifest["encoder"]
-        if self.encoded and cfg.encode is not None:
-            from kernels.encode import parse_encoder
-
-            if parse_encoder(cfg.encode).to_dict() != stored:
-                raise ValueError(f"store {cfg.features} holds bits made with {stored}, not --encode {cfg.encode}; "
-                                 "write a float16 store (`otl featurize --format float16`) to try other encoders")
+        if not self.encoded and encoder.needs_fit and not encoder.fitted:
+            with t("encoder_statistics"):  # a uniform row sample of the stored train split, one read
+                encoder.fit(self.store.sample("train"))
         self.classes = self.store.classes
         eng = self.store.manifest.get("engine") or {}
         self.engine_info = eng
@@ -197,9 +202,8 @@ class _StoreSource:
         return split in self.store.splits and self.store.rows(split) > 0
 
     def batches(self, split):
-        enc = None if self.encoded else (self.cfg.encode or "sign")
-        # reading the store stands in for featurization
-        return _timed(self.store.iter_batches(split, 1024, encoder=enc), self.t, "featurize")
+        # reading the store stands in for featurization; the classifier encodes float rows
+        return _timed(self.store.iter_batches(split, 1024), self.t, "featurize")
 
     def validation(self):
         return self.batches("validation") if self.has("validation") else None

@@ -1,12 +1,25 @@
-"""Binarization and bit packing: features (n, k) float -> bits (n, k) uint8 0/1 -> packed bytes.
+"""Encoders and bit packing: features (n, F) float -> bits (n, F*q) uint8 0/1 -> packed bytes.
 
-The OPU (and its simulation) takes binary inputs. `binarize(x, "sign")` is the reference's
-"plain_th" encoder with threshold 0. Packing is big-endian along axis 1 (NumPy's and CuPy's
-`packbits(..., axis=1)` default), so a bit-packed feature store is 8x smaller than uint8 bits.
+The OPU (and its simulation) takes binary inputs. Encoders (`parse_encoder(spec)`):
+
+    sign               x > 0: the reference's "plain_th" encoder. Right for a map that has both
+                       signs; useless on a pooled ReLU output (every value is >= 0)
+    threshold:T        x > T, one threshold for every feature
+    threshold:median   x > the feature's training median (lightonml's BinaryThresholdEncoder "auto")
+    thresholds:Q       Q bits per feature, bit j = x > the feature's j/(Q+1) training quantile: a
+                       thermometer code, so the Hamming distance counts quantile bins
+    none               no encoding: float32 features, for ridge without projection (a linear probe)
+
+Fitted encoders (median, thresholds:Q) learn their thresholds from a row sample (FeatureSample):
+exact when the training rows fit in it, else a uniform sample whose rank error is stated
+(`rank_error`, the Dvoretzky-Kiefer-Wolfowitz bound at 95 %). Packing is big-endian along axis 1
+(NumPy's and CuPy's `packbits(..., axis=1)` default), so a bit-packed store is 8x smaller than bits.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+
+import numpy as np
 
 from kernels._util import get_array_module
 
@@ -54,49 +67,283 @@ def unpackbits(packed, k: int):
     return xp.ascontiguousarray(bits[:, :k])
 
 
-@dataclass(frozen=True)
+class EncoderError(ValueError):
+    """An encoder spec that cannot be parsed, or an encoder used before it was fitted."""
+
+
+ENCODER_HELP = ('"sign", "threshold:T" (a number), "threshold:median", "thresholds:Q" (Q >= 1 quantile '
+                'thresholds per feature) or "none" (floats, with --projection none)')
+FITTED = ("median", "quantiles")  # methods whose thresholds come from training data
+SAMPLE_ROWS = 4096  # rows a FeatureSample keeps (fewer for very wide features, see sample_capacity)
+SAMPLE_BYTES = 512 << 20
+DKW_CONFIDENCE = 0.95
+
+
 class Encoder:
-    """A binarization recipe, saved with the classifier: `Encoder("threshold", 0.5)(x)` -> bits."""
+    """An encoding recipe (method + argument) and, for fitted methods, its thresholds.
 
-    method: str = "sign"
-    threshold: float = 0.0
+    Encoder("threshold", 0.5)(x) -> bits; Encoder("median").fit(sample)(x) -> bits. `to_dict` is
+    the recipe (compared between stores and models); `thresholds_` travels as an array.
+    """
 
-    def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"Encoder: unknown method {self.method!r}; expected one of {METHODS}")
-        if self.method == "sign" and self.threshold != 0.0:
-            raise ValueError(f"Encoder: 'sign' has threshold 0, got {self.threshold!r}")
+    METHODS = ("sign", "threshold", "median", "quantiles", "none")
 
-    def __call__(self, x):
-        return binarize(x, self.method, self.threshold)
+    def __init__(self, method: str = "sign", threshold: float = 0.0, levels: int = 0):
+        if method not in self.METHODS:
+            raise EncoderError(f"Encoder: unknown method {method!r}; expected one of {self.METHODS}")
+        if method == "sign" and threshold != 0.0:
+            raise EncoderError(f"Encoder: 'sign' has threshold 0, got {threshold!r}")
+        if method == "quantiles" and (isinstance(levels, bool) or not isinstance(levels, (int, np.integer))
+                                      or levels < 1):
+            raise EncoderError(f"thresholds:Q needs an integer Q >= 1 (Q bits per feature), got Q={levels!r}")
+        set_ = object.__setattr__
+        set_(self, "method", method)
+        set_(self, "threshold", float(threshold))
+        set_(self, "levels", int(levels) if method == "quantiles" else 0)
+        self.thresholds_ = None  # (F,) for median, (F, Q) for quantiles
+        self.stats_: dict | None = None
+        self._device = None
 
+    def __setattr__(self, name, value):
+        if name in ("method", "threshold", "levels"):  # the recipe is saved with models and stores
+            raise AttributeError(f"Encoder.{name} is read-only: make a new Encoder for another recipe")
+        object.__setattr__(self, name, value)
+
+    # ------------------------------------------------------------------ recipe
     @property
     def spec(self) -> str:
-        return "sign" if self.method == "sign" else f"threshold:{self.threshold!r}"
+        return {"sign": "sign", "median": "threshold:median", "none": "none",
+                "quantiles": f"thresholds:{self.levels}"}.get(self.method, f"threshold:{self.threshold!r}")
+
+    @property
+    def needs_fit(self) -> bool:
+        return self.method in FITTED
+
+    @property
+    def fitted(self) -> bool:
+        return not self.needs_fit or self.thresholds_ is not None
+
+    @property
+    def binary(self) -> bool:
+        return self.method != "none"
+
+    def bits_per_feature(self) -> int:
+        return self.levels if self.method == "quantiles" else 1
 
     def to_dict(self) -> dict:
-        return {"method": self.method, "threshold": float(self.threshold)}
+        d = {"method": self.method, "threshold": self.threshold}
+        if self.method == "quantiles":
+            d["levels"] = self.levels
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Encoder":
-        return cls(method=d["method"], threshold=float(d.get("threshold", 0.0)))
+        return cls(method=d["method"], threshold=float(d.get("threshold", 0.0)), levels=int(d.get("levels", 0)))
+
+    def __eq__(self, other):
+        return isinstance(other, Encoder) and self.to_dict() == other.to_dict()
+
+    def __hash__(self):
+        return hash(self.spec)
+
+    def __repr__(self):
+        return f"Encoder({self.spec!r}{', fitted' if self.needs_fit and self.fitted else ''})"
+
+    # ------------------------------------------------------------------ fitting
+    def levels_q(self) -> np.ndarray:
+        """The quantile levels this encoder thresholds at: 0.5, or j/(Q+1) for j = 1..Q."""
+        if self.method == "median":
+            return np.array([0.5])
+        return np.arange(1, self.levels + 1) / (self.levels + 1)
+
+    def fit(self, sample: "FeatureSample") -> "Encoder":
+        """Thresholds from a FeatureSample (or a 2-D array of rows, taken as exact)."""
+        if not self.needs_fit:
+            return self
+        if not isinstance(sample, FeatureSample):
+            sample = FeatureSample.of(sample)
+        rows = sample.rows()
+        if rows.shape[0] == 0:
+            raise EncoderError(f"encoder {self.spec} needs training rows to fit its thresholds; got none")
+        t = np.quantile(rows.astype(np.float64), self.levels_q(), axis=0).T.astype(np.float32)  # (F, q)
+        self.thresholds_ = t[:, 0].copy() if self.method == "median" else np.ascontiguousarray(t)
+        self.stats_ = sample.describe()
+        self._device = None
+        return self
+
+    def set_thresholds(self, thresholds, stats: dict | None = None) -> "Encoder":
+        t = np.asarray(thresholds, dtype=np.float32)
+        want = 1 if self.method == "median" else 2
+        if not self.needs_fit or t.ndim != want or (want == 2 and t.shape[1] != self.levels):
+            raise EncoderError(f"encoder {self.spec}: thresholds of shape {t.shape} do not fit it")
+        self.thresholds_, self.stats_, self._device = t, stats, None
+        return self
+
+    # ------------------------------------------------------------------ encoding
+    def __call__(self, x):
+        xp = get_array_module(x)
+        x = xp.asarray(x)
+        if self.method == "none":
+            return x.astype(xp.float32, copy=False)
+        if self.method in ("sign", "threshold"):
+            return binarize(x, self.method, self.threshold)
+        if self.thresholds_ is None:
+            raise EncoderError(
+                f"encoder {self.spec} has no thresholds yet: it learns them from training data. Fit it first "
+                "(Encoder.fit(sample), or let TransferClassifier.fit / otl fit do it), or load a fitted model")
+        t = self._on(xp)
+        if x.ndim != 2 or x.shape[1] != t.shape[0]:
+            raise EncoderError(f"encoder {self.spec} was fitted on {t.shape[0]} features, got input of shape "
+                               f"{tuple(x.shape)}; use the engine (cut and pool) it was fitted with")
+        if self.method == "median":
+            return (x > t).view(xp.uint8)
+        return (x[:, :, None] > t[None]).view(xp.uint8).reshape(x.shape[0], -1)
+
+    def _on(self, xp):
+        if xp is np:
+            return self.thresholds_
+        if self._device is None:
+            self._device = xp.asarray(self.thresholds_)
+        return self._device
 
 
-def parse_encoder(spec: str) -> Encoder:
-    """Parse "sign" or "threshold:<float>" (e.g. "threshold:0.5") into an Encoder."""
-    valid = 'valid: "sign" or "threshold:<number>", e.g. "threshold:0.5"'
+def parse_encoder(spec) -> Encoder:
+    """Parse an encoder spec (see the module docstring); an Encoder passes through unchanged."""
+    if isinstance(spec, Encoder):
+        return spec
+    valid = f"valid: {ENCODER_HELP}"
     if not isinstance(spec, str):
-        raise ValueError(f"encoder spec must be a string, got {type(spec).__name__} {spec!r}; {valid}")
+        raise EncoderError(f"encoder spec must be a string, got {type(spec).__name__} {spec!r}; {valid}")
     name, sep, arg = spec.strip().partition(":")
-    name = name.strip().lower()
-    if name == "sign" and not sep:
-        return Encoder("sign", 0.0)
+    name, arg = name.strip().lower(), arg.strip()
+    if name in ("sign", "none") and not sep:
+        return Encoder(name, 0.0)
     if name == "threshold" and sep:
+        if arg.lower() == "median":
+            return Encoder("median")
         try:
             value = float(arg)
         except ValueError:
-            raise ValueError(f"encoder spec {spec!r}: threshold {arg!r} is not a number; {valid}") from None
-        if value != value or value in (float("inf"), float("-inf")):
-            raise ValueError(f"encoder spec {spec!r}: threshold must be finite; {valid}")
+            raise EncoderError(f"encoder spec {spec!r}: threshold {arg!r} is neither a number nor 'median'; {valid}") from None
+        if not math.isfinite(value):
+            raise EncoderError(f"encoder spec {spec!r}: threshold must be finite; {valid}")
         return Encoder("threshold", value)
-    raise ValueError(f"unknown encoder spec {spec!r}; {valid}")
+    if name == "thresholds" and sep:
+        try:
+            q = int(arg)
+        except ValueError:
+            raise EncoderError(f"encoder spec {spec!r}: Q {arg!r} is not an integer; {valid}") from None
+        if q <= 0:
+            raise EncoderError(f"encoder spec {spec!r}: Q must be >= 1 (Q thresholds, Q bits per feature), "
+                               f"got {q}; {valid}")
+        return Encoder("quantiles", levels=q)
+    raise EncoderError(f"unknown encoder spec {spec!r}; {valid}")
+
+
+# ----------------------------------------------------------------------------- streaming statistics
+
+
+def sample_capacity(n_features: int, rows: int = SAMPLE_ROWS, max_bytes: int = SAMPLE_BYTES) -> int:
+    """Rows of float32 a sample keeps: `rows`, fewer when that would pass `max_bytes` (>= 256)."""
+    return int(max(256, min(rows, max_bytes // max(4 * n_features, 1))))
+
+
+def rank_error(sample_rows: int, confidence: float = DKW_CONFIDENCE) -> float:
+    """Dvoretzky-Kiefer-Wolfowitz: with this confidence, every quantile of a uniform sample of
+    `sample_rows` rows is within this many ranks (as a fraction of all rows) of the exact one."""
+    return math.sqrt(math.log(2.0 / (1.0 - confidence)) / (2.0 * max(sample_rows, 1)))
+
+
+class FeatureSample:
+    """A uniform sample of rows seen in one streaming pass (reservoir sampling, algorithm R).
+
+    Holds every row while at most `capacity` have been seen, so the statistics are then exact;
+    past it each row is kept with probability capacity/seen. Seeded: the same stream gives the
+    same sample.
+    """
+
+    def __init__(self, capacity: int = SAMPLE_ROWS, seed: int = 0):
+        if capacity < 1:
+            raise EncoderError(f"FeatureSample capacity must be >= 1, got {capacity}")
+        self.capacity, self.seen = int(capacity), 0
+        self._rng = np.random.default_rng([seed, 0x5A4D])
+        self._rows: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, rows) -> "FeatureSample":
+        rows = np.asarray(rows, dtype=np.float32)
+        s = cls(max(len(rows), 1))
+        s.add(rows)
+        return s
+
+    def add(self, X) -> None:
+        from kernels._util import to_host
+
+        X = np.asarray(to_host(X), dtype=np.float32)
+        if X.ndim != 2:
+            raise EncoderError(f"FeatureSample.add: expected (n, F) rows, got shape {X.shape}")
+        if self._rows is None:
+            self._rows = np.empty((self.capacity, X.shape[1]), np.float32)
+        elif X.shape[1] != self._rows.shape[1]:
+            raise EncoderError(f"FeatureSample.add: rows of {X.shape[1]} features after {self._rows.shape[1]}")
+        free = max(0, min(self.capacity - self.seen, len(X)))
+        self._rows[self.seen:self.seen + free] = X[:free]
+        self.seen += free
+        rest = X[free:]
+        if len(rest):  # algorithm R: row t (0-based) replaces slot j ~ U[0, t] when j < capacity
+            t = self.seen + np.arange(len(rest))
+            j = (self._rng.random(len(rest)) * (t + 1)).astype(np.int64)
+            keep = np.flatnonzero(j < self.capacity)
+            for i in keep:  # in order: a later row overwrites an earlier one in the same slot
+                self._rows[j[i]] = rest[i]
+            self.seen += len(rest)
+
+    def rows(self) -> np.ndarray:
+        if self._rows is None:
+            return np.zeros((0, 0), np.float32)
+        return self._rows[:min(self.seen, self.capacity)]
+
+    @property
+    def exact(self) -> bool:
+        return self.seen <= self.capacity
+
+    def describe(self) -> dict:
+        kept = min(self.seen, self.capacity)
+        return {"rows_seen": self.seen, "sample_rows": kept, "exact": self.exact,
+                "rank_error": 0.0 if self.exact else round(rank_error(kept), 6),
+                "rank_error_confidence": DKW_CONFIDENCE}
+
+
+def sample_first_order(n: int, capacity: int, seed: int = 0) -> np.ndarray | None:
+    """A row order whose first `capacity` rows are a uniform sample of all n (None: n fits, keep
+    the order). Lets an encoder be fitted on the first rows of a single pass over the images."""
+    if n <= capacity:
+        return None
+    return np.random.default_rng([seed, 0x0DE5]).permutation(n)
+
+
+def fit_on_first_rows(encoder: Encoder, batches, capacity: int | None = None):
+    """(features, labels) batches -> the same batches, after fitting `encoder` on the first
+    `capacity` rows (buffered, then released; None: sample_capacity of the feature width). Put a
+    uniform sample first (sample_first_order) for it to be uniform; with <= capacity rows in all
+    it is exact."""
+    buf, have = [], 0
+    it = iter(batches)
+    for X, y in it:
+        buf.append((X, y))
+        have += len(y)
+        if capacity is None:
+            capacity = sample_capacity(X.shape[1])
+        if have >= capacity:
+            break
+    capacity = capacity or 1
+    sample = FeatureSample(max(capacity, 1))
+    for X, _ in buf:
+        sample.add(X)
+    exhausted = have < capacity
+    if have:
+        encoder.fit(sample)
+        if not exhausted:  # the sample is the first rows of a longer stream: say what it stands for
+            encoder.stats_ = dict(encoder.stats_, exact=False, rank_error=round(rank_error(sample.seen), 6))
+    yield from buf
+    yield from it

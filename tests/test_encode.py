@@ -48,8 +48,11 @@ def test_parse_encoder():
 
 
 @pytest.mark.parametrize("spec,msg", [
-    ("plain_th", "unknown encoder spec 'plain_th'; valid: \"sign\" or \"threshold:<number>\""),
-    ("threshold:abc", "threshold 'abc' is not a number"),
+    ("plain_th", "unknown encoder spec 'plain_th'; valid: \"sign\", \"threshold:T\" (a number), \"threshold:median\""),
+    ("threshold:abc", "threshold 'abc' is neither a number nor 'median'"),
+    ("thresholds:0", "Q must be >= 1"),
+    ("thresholds:-2", "Q must be >= 1"),
+    ("thresholds:x", "Q 'x' is not an integer"),
     ("threshold", "unknown encoder spec 'threshold'"),
     ("threshold:nan", "threshold must be finite"),
     ("sign:1", "unknown encoder spec 'sign:1'"),
