@@ -92,7 +92,7 @@ def fit(cfg: FitConfig) -> tuple[TransferClassifier, dict]:
         "n_components": cfg.n_components if cfg.projection != "none" else None, "projection": cfg.projection,
         "encoder": clf.encoder_.spec, "solver": clf.solver_, "classes": clf.classes_,
         "engine": src.engine_info, "validation_source": src.validation_source if clf.n_validation_ else None,
-        "split": split,
+        "split": split, "recipe": recipe(src.engine_info, clf, cfg),
     }
     t.add("featurize", 0.0)
     timings = t.as_dict()
@@ -103,6 +103,16 @@ def fit(cfg: FitConfig) -> tuple[TransferClassifier, dict]:
         save_model(cfg.out, clf, src.engine_info, src.engine_root, split)
         summary["model"] = cfg.out
     return clf, summary
+
+
+def recipe(engine_info: dict | None, clf: TransferClassifier, cfg: FitConfig) -> dict:
+    """What the features went through, from image to ridge: the engine's half and the fit's."""
+    eng = engine_info or {}
+    made = eng.get("recipe") or {"pool": "none", "resize": "crop"}
+    return {"model": eng.get("model"), "cut": eng.get("cut"), "pool": made.get("pool"), "resize": made.get("resize"),
+            "precision": eng.get("precision"), "encoder": clf.encoder_.spec,
+            "encoder_stats": clf.encoder_.stats_, "projection": cfg.projection,
+            "n_components": cfg.n_components if cfg.projection != "none" else None}
 
 
 def _accuracy(clf, batches, encoded, remap=None) -> tuple[float, int]:

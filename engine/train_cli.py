@@ -31,6 +31,9 @@ def cmd_fit(a) -> dict:
                                             if res["n_final"] > res["n_train"] else "")
         print(f"trained on {res['n_final']} images ({rows}), {len(res['classes'])} classes, "
               f"{res['n_components'] or 'no'} optical components")
+        r = res["recipe"]
+        print(f"  recipe: {r['model']} {r['cut']} pool {r['pool']} resize {r['resize']} {r['precision']} -> "
+              f"encoder {r['encoder']} -> projection {r['projection']}")
         print(f"  alpha {res['alpha']:.4g} chosen by {how}"
               + (f" ({len(sel['alphas'])} alphas, {sel['n_scored']} rows scored)" if sel else ""))
         for w in sel.get("warnings", []):

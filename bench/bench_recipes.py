@@ -1,0 +1,190 @@
+"""Feature recipes side by side: which cut features, encoder and preprocessing transfer best.
+
+Real photos (../shared/data/clothing: 10 classes, 3,068 train / 372 test), MobileNetV2 ImageNet
+fp32 on ONNX Runtime. The full 1280x7x7 map is featurized once per preprocessing (crop: the
+weights' resize + center crop; squash: the reference's Resize((224, 224))) into a float16 store;
+pooled features are the store's map averaged the way the engine's AdaptiveAvgPool2d does it
+(tests/test_recipe.py checks the engine's pooling against torch). For training sets of 10, 20, 50
+images per class and the full train/ (3 draws each: draw d takes its own seeded subset and its own
+projection seed d), every recipe is fitted with alpha by `auto` selection (exact leave-one-out
+here) and scored on the same 372 test images. Prints mean +- standard error over the draws and the
+fit time (encoding + projection + selection + solve; featurization is the same for every recipe and
+printed once). With --backprop JSON (bench/bench_backprop.py's output) it adds the fine-tuning
+baseline and checks the goal: the default recipe within 1 point of the best backprop epoch at every
+size, at >= 10x less training time.
+
+    python bench/bench_recipes.py [--sizes 10,20,50,full] [--draws 3] [--components 2000,4000,8000]
+                                  [--backprop /tmp/backprop.json] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.bench_selection import CLOTHING, _torch_home, draw  # noqa: E402
+
+DEFAULT = ("crop", "avg2", "threshold:median")  # what otl uses when nothing is said (README)
+
+
+def recipes(components):
+    """(name, resize, pool, encoder, projection, K) for every recipe the bench compares."""
+    out = []
+    for k in components:
+        out.append(("full map, sign (otl's old recipe)", "crop", "none", "sign", "sim", k))
+    out.append(("reference exact: squash, full map, sign", "squash", "none", "sign", "sim", 4000))
+    for pool in ("avg", "avg2"):
+        for enc in ("threshold:median", "thresholds:8"):
+            for k in components:
+                out.append((f"{pool}, {enc}", "crop", pool, enc, "sim", k))
+            out.append((f"squash, {pool}, {enc}", "squash", pool, enc, "sim", 4000))
+        out.append((f"{pool} floats, ridge without projection", "crop", pool, "none", "none", None))
+    return out
+
+
+def adaptive_avg(maps: np.ndarray, n: int) -> np.ndarray:
+    """(rows, C, H, W) -> (rows, C*n*n): torch's adaptive_avg_pool2d bins, flattened C-major."""
+    rows, c, h, w = maps.shape
+    out = np.empty((rows, c, n, n), np.float32)
+    for i in range(n):
+        hs, he = (i * h) // n, -(-((i + 1) * h) // n)
+        for j in range(n):
+            ws, we = (j * w) // n, -(-((j + 1) * w) // n)
+            out[:, :, i, j] = maps[:, :, hs:he, ws:we].mean(axis=(2, 3), dtype=np.float32)
+    return out.reshape(rows, -1)
+
+
+def featurize(resize: str, root: Path, threads: int) -> dict:
+    """Float16 full-map store for one preprocessing, built once; returns arrays and timing."""
+    from engine.build import EngineConfig, build_engine
+    from engine.data import load_splits
+    from engine.featurize import Featurizer
+    from engine.runtime import Engine
+    from engine.store import FeatureStore, write_store
+
+    res = build_engine(EngineConfig(model="mobilenet_v2", weights="imagenet", precision="fp32", resize=resize,
+                                    backend="onnxruntime", out=str(root / f"engine-{resize}"), threads=threads))
+    eng = Engine(res["build_dir"], threads=threads)
+    store, meta = root / f"store-{resize}", root / f"store-{resize}.timing.json"
+    if not (store / "manifest.json").exists() or FeatureStore(store).manifest["engine"]["key"] != eng.key:
+        sp = load_splits(str(CLOTHING), eng.preprocess)
+        t0 = time.perf_counter()
+        with Featurizer(eng, 32, progress=False) as f:
+            write_store(store, f, {"train": sp.train, "test": sp.test}, fmt="float16", classes=sp.classes,
+                        source=sp.source)
+        n = len(sp.train) + len(sp.test)
+        meta.write_text(json.dumps({"seconds": time.perf_counter() - t0, "images": n}))
+    s = FeatureStore(store)
+    read = lambda split: np.concatenate([b for b, _ in s.iter_batches(split, 1024)])  # noqa: E731
+    timing = json.loads(meta.read_text())
+    return {"train": read("train"), "ytrain": s.labels("train"), "test": read("test"), "ytest": s.labels("test"),
+            "seconds_per_image": timing["seconds"] / timing["images"]}
+
+
+def pooled(maps_flat: np.ndarray, pool: str) -> np.ndarray:
+    if pool == "none":
+        return maps_flat
+    n = 1 if pool == "avg" else int(pool[3:])
+    return adaptive_avg(maps_flat.reshape(len(maps_flat), 1280, 7, 7), n)
+
+
+def fit_score(X, y, Xt, yt, enc, projection, k, seed):
+    import warnings
+
+    from engine.classifier import TransferClassifier
+
+    clf = TransferClassifier(n_components=k or 1, encoder=enc, projection=projection, seed=seed)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clf.fit(X, y)
+    fit_s = time.perf_counter() - t0
+    return float(np.mean(clf.predict(Xt) == yt)), fit_s
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="10,20,50,full")
+    ap.add_argument("--draws", type=int, default=3)
+    ap.add_argument("--components", default="2000,4000,8000")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--work", default="/tmp/otl-bench-recipes", help="engines and float stores (reused)")
+    ap.add_argument("--backprop", default=None, help="bench_backprop.py --json output to compare with")
+    ap.add_argument("--json", default=None, help="write every result here")
+    a = ap.parse_args()
+    if not CLOTHING.is_dir():
+        print(f"skip: {CLOTHING} not found (the shared data set)")
+        return 0
+    os.environ["TORCH_HOME"] = _torch_home()
+    os.environ.setdefault("OTL_CACHE_DIR", str(Path(a.work) / "matrix-cache"))
+    root = Path(a.work)
+    root.mkdir(parents=True, exist_ok=True)
+    comps = [int(c) for c in a.components.split(",")]
+    data = {r: featurize(r, root, a.threads) for r in ("crop", "squash")}
+    per_image = data["crop"]["seconds_per_image"]
+    print(f"featurization (MobileNetV2 fp32, ONNX Runtime CPU, {os.cpu_count()} cores): "
+          f"{per_image * 1e3:.1f} ms/image, the same for every recipe")
+    sizes = [None if s == "full" else int(s) for s in a.sizes.split(",")]
+    results = []
+    for size in sizes:
+        label = "full" if size is None else f"{size}/class"
+        draws = range(a.draws)
+        idx = {d: draw(data["crop"]["ytrain"], size, seed=d) for d in draws}
+        print(f"\n== {label}: {len(idx[0])} training rows, {len(data['crop']['ytest'])} test images, {a.draws} draws")
+        print(f"  {'recipe':<44} {'K':>6} {'accuracy %':>14} {'fit s':>7}")
+        for name, resize, pool, enc, proj, k in recipes(comps):
+            d0 = data[resize]
+            Xt = pooled(d0["test"], pool)
+            accs, secs = [], []
+            for d in draws:
+                X = pooled(d0["train"][idx[d]], pool)
+                acc, s = fit_score(X, d0["ytrain"][idx[d]], Xt, d0["ytest"], enc, proj, k, seed=d)
+                accs.append(100 * acc)
+                secs.append(s)
+            m, se = float(np.mean(accs)), float(np.std(accs, ddof=1) / np.sqrt(len(accs))) if len(accs) > 1 else 0.0
+            results.append({"size": label, "rows": len(idx[0]), "recipe": name, "resize": resize, "pool": pool,
+                            "encoder": enc, "projection": proj, "k": k, "accuracy": m, "se": se,
+                            "fit_s": float(np.median(secs)), "accuracies": accs})
+            star = " <- default" if (resize, pool, enc) == DEFAULT and k == 4000 else ""
+            print(f"  {name:<44} {k or '-':>6} {m:>7.2f} +- {se:<4.2f} {np.median(secs):>7.2f}{star}", flush=True)
+    _summary(results, per_image, a.backprop)
+    if a.json:
+        Path(a.json).write_text(json.dumps({"results": results, "featurize_s_per_image": per_image}, indent=1))
+    return 0
+
+
+def _summary(results, per_image, backprop_path) -> None:
+    print("\n== mean accuracy over sizes (each size weighs the same)")
+    keys = sorted({(r["recipe"], r["k"]) for r in results}, key=lambda rk: -np.mean(
+        [r["accuracy"] for r in results if (r["recipe"], r["k"]) == rk]))
+    for rk in keys[:8]:
+        accs = [r["accuracy"] for r in results if (r["recipe"], r["k"]) == rk]
+        print(f"  {rk[0]:<44} {rk[1] or '-':>6} {np.mean(accs):7.2f}")
+    if not backprop_path:
+        return
+    bp = json.loads(Path(backprop_path).read_text())
+    print("\n== default recipe (crop, avg2, threshold:median, K=4000) vs backprop (best epoch)")
+    ok = True
+    for b in bp["results"]:
+        mine = [r for r in results if r["size"] == b["size"] and (r["resize"], r["pool"], r["encoder"]) == DEFAULT
+                and r["k"] == 4000]
+        if not mine:
+            continue
+        r = mine[0]
+        train_s = r["rows"] * per_image + r["fit_s"]
+        gap, speed = r["accuracy"] - b["best_accuracy"], b["best_epoch_seconds"] / train_s
+        ok &= gap >= -1.0 and speed >= 10
+        print(f"  {b['size']:>9}: otl {r['accuracy']:.2f} +- {r['se']:.2f} in {train_s:.1f} s (featurize + fit); "
+              f"backprop {b['best_accuracy']:.2f} +- {b['best_se']:.2f} at epoch {b['best_epoch']} in "
+              f"{b['best_epoch_seconds']:.1f} s; gap {gap:+.2f} pts, {speed:.1f}x less time")
+    print(f"  goal (within 1 point, >= 10x less training time at every size): {'met' if ok else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
