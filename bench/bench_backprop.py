@@ -76,6 +76,7 @@ def train(X, y, Xt, yt, n_classes, epochs, seed):
             opt.step()
         spent += time.perf_counter() - t0
         out.append((epoch, accuracy(net, Xt, yt), spent))
+        print(f"    epoch {epoch}: test {100 * out[-1][1]:.1f} % after {spent:.0f} s of training", flush=True)
     return out
 
 

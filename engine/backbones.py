@@ -163,13 +163,14 @@ def apply_cut(extractor, cut: Cut):
     return torch.nn.Sequential(__import__("collections").OrderedDict(children))
 
 
-def list_cuts(model: str, input_size: int = 224, pool: str = "none") -> list[dict]:
+def list_cuts(model: str, input_size: int = 224, pool: str | None = "none") -> list[dict]:
     """Every valid cut of `model` with its output shape (C, H, W) and feature count after `pool`
-    (None where the map is too small for it), in order."""
+    (None: the default pooling of each cut; count None where the map is too small), in order."""
     import torch
 
     info = model_info(model)
-    pool_grid(pool)  # a bad spec fails here, not as a column of None
+    if pool is not None:
+        pool_grid(pool)  # a bad spec fails here, not as a column of None
     net = build_torchvision(model, None)
     ext = feature_extractor(net, info.family).eval()
     shapes: dict[str, tuple] = {}
@@ -198,12 +199,13 @@ def list_cuts(model: str, input_size: int = 224, pool: str = "none") -> list[dic
     default = resolve_cut(info.default_cut, ext, info.family, model).name
     for name, _ in _cut_names(stages(ext, info.family)):
         shape = shapes[name]
+        p = default_pool(shape) if pool is None else pool
         try:
-            check_pool(pool, model, name, shape, input_size)
-            n = pooled_features(shape, pool)
+            check_pool(p, model, name, shape, input_size)
+            n = pooled_features(shape, p)
         except BackboneError:
             n = None
-        rows.append({"cut": name, "shape": list(shape), "pool": pool, "features": n, "default": name == default})
+        rows.append({"cut": name, "shape": list(shape), "pool": p, "features": n, "default": name == default})
     if default == "features":
         rows[-1]["default"] = True
     return rows
@@ -370,6 +372,15 @@ def build_cut(model: str, cut: str | None, weights: str, seed: int = 0, pool: st
 
 
 POOL_HELP = "none (the full C x H x W map, the reference) | avg (global average: C) | avgN (N x N adaptive average: C*N*N)"
+# The default recipe's pooling, chosen by bench/bench_recipes.py (docs/benchmarks.md): a 2 x 2
+# average, or the global average on maps smaller than 2 x 2.
+DEFAULT_POOL = "avg2"
+
+
+def default_pool(shape) -> str:
+    """DEFAULT_POOL, or "avg" when the (C, H, W) map is too small for it."""
+    n = pool_grid(DEFAULT_POOL)
+    return DEFAULT_POOL if len(shape) == 3 and min(shape[1:]) >= n else "avg"
 
 
 def pool_grid(pool: str) -> int:

@@ -32,7 +32,7 @@ class EngineConfig:
     precision: str = "fp32"
     backend: str = "auto"
     input_size: int | None = None  # None: the weights' preprocessing crop size
-    pool: str = "none"  # none | avg | avgN: pooling at the cut, inside the ONNX graph
+    pool: str | None = None  # none | avg | avgN: pooling at the cut, in the ONNX graph; None: avg2 (avg on maps < 2x2)
     resize: str = "crop"  # crop (torchvision's weights transforms) | squash (the reference's Resize((s, s)))
     out: str | None = None  # None: builds/<model>-<cut>-<weights>-<precision>
     data: str | None = None  # calibration images for int8 (None: embedded digits)
@@ -57,7 +57,8 @@ def check_config(cfg: EngineConfig) -> None:
     from engine.data import RESIZE_MODES
 
     model_info(cfg.model)
-    pool_grid(cfg.pool)
+    if cfg.pool is not None:
+        pool_grid(cfg.pool)
     if cfg.resize not in RESIZE_MODES:
         raise BuildError(f"unknown resize {cfg.resize!r}; expected one of {', '.join(RESIZE_MODES)} "
                          "(crop: torchvision's resize + center crop; squash: the reference's Resize((s, s)))")
@@ -69,9 +70,13 @@ def check_config(cfg: EngineConfig) -> None:
         raise BuildError("the torch backend is the reference and needs no engine; build for onnxruntime or tensorrt")
 
 
-def default_out(cfg: EngineConfig, cut_name: str) -> Path:
+def default_out(cfg: EngineConfig, cut_name: str, pool: str) -> Path:
+    """builds/<model>-<cut>[-fullmap|-avgN][-squash]-<weights>-<precision>: the recipe's non-default parts."""
+    from engine.backbones import DEFAULT_POOL
+
     w = cfg.weights if cfg.weights in ("imagenet", "random") else Path(cfg.weights).stem
-    recipe = "".join(f"-{v}" for v, default in ((cfg.pool, "none"), (cfg.resize, "crop")) if v != default)
+    recipe = "" if pool in (DEFAULT_POOL, "avg") and cfg.pool is None else f"-{'fullmap' if pool == 'none' else pool}"
+    recipe += "-squash" if cfg.resize == "squash" else ""
     return Path("builds") / f"{cfg.model}-{cut_name}{recipe}-{w}-{cfg.precision}"
 
 
@@ -94,16 +99,19 @@ def build_engine(cfg: EngineConfig) -> dict:
         preprocess = dataclasses.replace(preprocess, crop_size=size, resize_size=int(round(size * ratio)))
     if cfg.resize != "crop":
         preprocess = dataclasses.replace(preprocess, resize=cfg.resize)
-    if cfg.pool != "none":
-        backbones.check_pool(cfg.pool, cfg.model, cut.name, backbones.cut_map_shape(cfg.model, cut.name, size), size)
-    out = Path(cfg.out) if cfg.out else default_out(cfg, cut.name)
+    pool = cfg.pool
+    if pool != "none":
+        shape = backbones.cut_map_shape(cfg.model, cut.name, size)
+        pool = backbones.default_pool(shape) if pool is None else pool
+        backbones.check_pool(pool, cfg.model, cut.name, shape, size)
+    out = Path(cfg.out) if cfg.out else default_out(cfg, cut.name, pool)
     key_parts = {
         "build_version": BUILD_VERSION, "model": cfg.model, "cut": cut.name, "weights": wid,
         "input_size": size, "precision": cfg.precision, "backend": backend,
         "preprocess": preprocess.to_dict(), "torch": library_versions()["torch"],
     }
-    if cfg.pool != "none":  # left out when "none", so keys of engines built before pooling stay valid
-        key_parts["pool"] = cfg.pool
+    if pool != "none":  # left out when "none", so keys of engines built before pooling stay valid
+        key_parts["pool"] = pool
     calib = None
     if cfg.precision == "int8":
         from engine.int8 import calibration_plan
@@ -127,7 +135,7 @@ def build_engine(cfg: EngineConfig) -> dict:
     from engine.export import convert_fp16, export_onnx
 
     with t("load_backbone"):
-        module, _ = backbones.build_cut(cfg.model, cut.name, cfg.weights, cfg.seed, pool=cfg.pool, input_size=size)
+        module, _ = backbones.build_cut(cfg.model, cut.name, cfg.weights, cfg.seed, pool=pool, input_size=size)
 
     files: dict[str, Path] = {}
     with t("export_onnx"):
@@ -159,8 +167,8 @@ def build_engine(cfg: EngineConfig) -> dict:
     emulated = cfg.precision == "fp16" and backend == "onnxruntime" and _cpu_only()
     manifest = {
         "kind": "otl-engine", "key": key, "key_parts": key_parts,
-        "model": cfg.model, "cut": {"name": cut.name, "features": None, "pool": cfg.pool},
-        "recipe": {"pool": cfg.pool, "resize": preprocess.resize}, "weights": {"spec": cfg.weights, "id": wid},
+        "model": cfg.model, "cut": {"name": cut.name, "features": None, "pool": pool},
+        "recipe": {"pool": pool, "resize": preprocess.resize}, "weights": {"spec": cfg.weights, "id": wid},
         "seed": cfg.seed, "precision": cfg.precision, "backend": backend, "emulated": emulated,
         "engine": str(engine_file.relative_to(out)),
         "input": {"name": "images", "shape": [-1, 3, size, size], "dtype": "float32"},

@@ -19,7 +19,7 @@ EMULATION_NOTE = ("fp16 on ONNX Runtime CPU is an accuracy emulation: x86 has no
 
 
 def _engine_args(p: argparse.ArgumentParser, precision_default="fp32") -> None:
-    from engine.backbones import MODELS, POOL_HELP
+    from engine.backbones import DEFAULT_POOL, MODELS, POOL_HELP
     from engine.build import PRECISIONS
     from engine.runners import BACKENDS
 
@@ -30,7 +30,8 @@ def _engine_args(p: argparse.ArgumentParser, precision_default="fp32") -> None:
     g.add_argument("--precision", default=precision_default, choices=None, help=f"{' | '.join(PRECISIONS)}")
     g.add_argument("--backend", default="auto", help=f"{' | '.join(BACKENDS)} (auto: TensorRT if usable, else ONNX Runtime)")
     g.add_argument("--input-size", type=int, default=None, help="square input size (default: the weights' crop size)")
-    g.add_argument("--pool", default="none", help=f"pooling at the cut, inside the engine: {POOL_HELP} (default none)")
+    g.add_argument("--pool", default=None, help=f"pooling at the cut, inside the engine: {POOL_HELP}; default "
+                                                 f"{DEFAULT_POOL} (avg on maps smaller than 2x2; the reference: none)")
     g.add_argument("--resize", default="crop", choices=("crop", "squash"),
                    help="crop: shorter side + center crop (torchvision's weights transforms); "
                         "squash: the whole image resized to a square (the reference's); default crop")
@@ -83,11 +84,12 @@ def cmd_cuts(a) -> dict:
 
     rows = list_cuts(a.model, a.input_size or 224, a.pool)
     if not a.json:
-        print(f"{a.model}: {len(rows)} cuts at {a.input_size or 224}x{a.input_size or 224}, pool {a.pool} (* = default)")
+        print(f"{a.model}: {len(rows)} cuts at {a.input_size or 224}x{a.input_size or 224}, "
+              f"pool {a.pool or 'default (avg2, avg on maps < 2x2)'} (* = default cut)")
         for r in rows:
             shape = "x".join(map(str, r["shape"]))
             n = f"{r['features']:>10,} features" if r["features"] is not None else f"  (map too small for {a.pool})"
-            print(f"  {'*' if r['default'] else ' '} {r['cut']:<20} {shape:>14} {n}")
+            print(f"  {'*' if r['default'] else ' '} {r['cut']:<20} {shape:>14} {r['pool']:>5} {n}")
     return {"model": a.model, "pool": a.pool, "cuts": rows}
 
 
@@ -184,13 +186,16 @@ def cmd_cache(a) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from engine.train import DEFAULT_ENCODE
+
     p = argparse.ArgumentParser(prog="otl", description="Optical transfer learning: engines, features, gradient-free training.")
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("cuts", help="list the valid cuts of a model with output shapes")
     c.add_argument("model")
     c.add_argument("--input-size", type=int, default=None)
-    c.add_argument("--pool", default="none", help="feature counts after this pooling: none | avg | avgN")
+    c.add_argument("--pool", default=None, help="feature counts after this pooling: none | avg | avgN "
+                                                "(default: what `otl engines` uses, avg2 or avg on small maps)")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_cuts)
 
@@ -208,8 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--engine", default=None, help="an engine build folder (else built from the engine arguments)")
     f.add_argument("--out", required=True, help="feature store folder to write")
     f.add_argument("--format", default="bits", help="bits (packed, after --encode) | float16 | float32")
-    f.add_argument("--encode", default="sign", help="bits format: sign | threshold:T | threshold:median | thresholds:Q "
-                        "(fitted encoders learn their thresholds on train; default sign)")
+    f.add_argument("--encode", default=DEFAULT_ENCODE,
+                   help="bits format: sign | threshold:T | threshold:median | thresholds:Q (fitted encoders learn "
+                        f"their thresholds on train; default {DEFAULT_ENCODE}; the reference: sign)")
     f.set_defaults(func=cmd_featurize)
 
     k = sub.add_parser("cache", help="the on-disk cache of OPU random matrices: size, location, --clear")

@@ -22,7 +22,7 @@ FORMATS = ("bits", "float16", "float32")
 THRESHOLDS_FILE = "encoder.thresholds.npy"
 
 
-def write_store(path, featurizer, splits: dict, fmt: str = "bits", encoder="sign",
+def write_store(path, featurizer, splits: dict, fmt: str = "bits", encoder=None,
                 classes: list[str] | None = None, source: dict | None = None, seed: int = 0) -> dict:
     """Featurize each dataset in `splits` ({"train": ds, ...}) into a store at `path`.
 
@@ -31,11 +31,12 @@ def write_store(path, featurizer, splits: dict, fmt: str = "bits", encoder="sign
     train is larger than the sample (encode.sample_first_order), and saves them in the store.
     Float stores keep the raw features: any encoder can be fitted on them later.
     """
-    from kernels.encode import fit_on_first_rows, packbits, parse_encoder, sample_capacity, sample_first_order
+    from kernels.encode import (DEFAULT_SPEC, fit_on_first_rows, packbits, parse_encoder, sample_capacity,
+                                sample_first_order)
 
     if fmt not in FORMATS:
         raise ValueError(f"unknown feature store format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    enc = parse_encoder(encoder)
+    enc = parse_encoder(DEFAULT_SPEC if encoder is None else encoder)
     if fmt == "bits" and not enc.binary:
         raise ValueError("encoder 'none' makes floats, not bits: write --format float16 or float32 instead")
     fit_encoder = fmt == "bits" and enc.needs_fit and not enc.fitted

@@ -17,9 +17,11 @@ from engine.classifier import ModelFileError, TransferClassifier, load_npz, save
 from engine.evaluate import evaluate, predict_files, split_record  # noqa: F401  (evaluate's home; re-exported)
 from engine.timing import Timings
 from kernels._util import to_host
+from kernels.encode import DEFAULT_SPEC
 
 HOLDOUT_FRACTION = 0.1  # --select holdout without validation/ carves this much of train
-DEFAULT_ENCODE = "sign"  # the encoder when --encode is not given (a bit store: the one it was written with)
+# The encoder when --encode is not given (a bit store: the one it was written with).
+DEFAULT_ENCODE = DEFAULT_SPEC
 
 
 @dataclass

@@ -78,7 +78,7 @@ def register(sub, engine_args, data_args, common) -> None:
     common(f)
     f.add_argument("--n-components", type=int, default=4000, help="optical random features (default 4000)")
     f.add_argument("--encode", default=None, help="sign | threshold:T | threshold:median | thresholds:Q | none (with --projection none); "
-                        "default: sign, or a bit store's own encoder")
+                        "default: threshold:median, or a bit store's own encoder (the reference: sign)")
     f.add_argument("--alphas", default="auto",
                    help="ridge alphas: auto (default: 25 values, 1e-6..1e2 x tr(G)/k, widened when the best is "
                         "on an edge) | reference (the reference's 15 values, 1e3..9e5) | comma-separated numbers")

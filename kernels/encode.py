@@ -73,6 +73,9 @@ class EncoderError(ValueError):
 
 ENCODER_HELP = ('"sign", "threshold:T" (a number), "threshold:median", "thresholds:Q" (Q >= 1 quantile '
                 'thresholds per feature) or "none" (floats, with --projection none)')
+# The default encoder of otl fit / otl featurize, chosen with the default pooling (avg2) by
+# bench/bench_recipes.py; the reference's is "sign".
+DEFAULT_SPEC = "threshold:median"
 FITTED = ("median", "quantiles")  # methods whose thresholds come from training data
 SAMPLE_ROWS = 4096  # rows a FeatureSample keeps (fewer for very wide features, see sample_capacity)
 SAMPLE_BYTES = 512 << 20

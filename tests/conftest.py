@@ -10,8 +10,9 @@ SHARED = REPO.parent / "shared"
 CLOTHING = SHARED / "data" / "clothing"
 MOBILENET_WEIGHTS = SHARED / "weights" / "torchvision" / "mobilenet_v2-b0353104.pth"
 
-# Tiny but real: a random-init DenseNet-121 cut after transition1 on 64x64 inputs (8,192 features).
-TINY = dict(model="densenet121", cut="transition1", weights="random", input_size=64)
+# Tiny but real: a random-init DenseNet-121 cut after transition1 on 64x64 inputs, the full map
+# (128 x 8 x 8 = 8,192 features: pool "none", the reference's recipe).
+TINY = dict(model="densenet121", cut="transition1", weights="random", input_size=64, pool="none")
 
 
 def needs_shared(*paths: Path):

@@ -150,7 +150,7 @@ def _otl(*args, env=None):
 def test_cli_engines_json_prints_one_object(tiny_engine):
     res, cfg = tiny_engine
     p = _otl("engines", "--model", cfg.model, "--cut", cfg.cut, "--weights", "random", "--input-size", "64",
-             "--backend", "onnxruntime", "--out", res["build_dir"], "--json")
+             "--pool", "none", "--backend", "onnxruntime", "--out", res["build_dir"], "--json")
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)  # exactly one JSON object, nothing else on stdout
     assert {"onnx", "engine", "precision", "backend", "timings"} <= out.keys()
@@ -165,6 +165,9 @@ def test_cli_errors_are_clear_and_json():
 
 
 def test_cli_cuts():
-    p = _otl("cuts", "densenet169", "--json")
+    p = _otl("cuts", "densenet169", "--pool", "none", "--json")
     rows = {r["cut"]: r for r in json.loads(p.stdout)["cuts"]}
-    assert rows["denseblock4.12"]["features"] == 50176
+    assert rows["denseblock4.12"]["features"] == 50176  # the reference's full map, 1024 x 7 x 7
+    p = _otl("cuts", "densenet169", "--json")  # the default recipe: a 2 x 2 average, the global one on 1 x 1 maps
+    rows = {r["cut"]: r for r in json.loads(p.stdout)["cuts"]}
+    assert rows["denseblock4.12"]["features"] == 1024 * 4 and rows["denseblock4.12"]["pool"] == "avg2"

@@ -31,7 +31,7 @@ def test_store_matches_torch(tiny_engine, tmp_path, fmt):
     splits = load_splits(None, eng.preprocess, test_fraction=0.5, seed=0)
     small = {"train": splits.train.select(range(40)), "test": splits.test.select(range(13))}
     with Featurizer(eng, batch_size=16, workers=0, progress=False) as f:
-        manifest = write_store(tmp_path / "store", f, small, fmt=fmt, classes=splits.classes)
+        manifest = write_store(tmp_path / "store", f, small, fmt=fmt, encoder="sign", classes=splits.classes)
     assert manifest["splits"] == {"train": {"rows": 40}, "test": {"rows": 13}}
     store = FeatureStore(tmp_path / "store", engine_key=eng.key)
     ref = _torch_feats(cfg, small["test"])
@@ -107,10 +107,12 @@ def test_cli_featurize_clothing_with_imagenet_weights(tmp_path, with_torch_home,
                "--json"])
     assert rc == 0
     store = FeatureStore(out)
-    assert store.n_features == 1280 * 7 * 7 and store.classes == ["hat", "shoes", "shorts"]
+    # the default recipe: the 1280 x 7 x 7 map averaged over 2 x 2 overlapping bins, inside the engine
+    assert store.n_features == 1280 * 2 * 2 and store.classes == ["hat", "shoes", "shorts"]
     eng = Engine(store.manifest["engine"]["build_dir"])
+    assert eng.manifest["recipe"] == {"pool": "avg2", "resize": "crop"}
     splits = load_splits(data, eng.preprocess)
-    module, _ = build_cut("mobilenet_v2", None, "imagenet")
+    module, _ = build_cut("mobilenet_v2", None, "imagenet", pool="avg2")
     xs = np.stack([splits.test[i][0] for i in range(len(splits.test))])
     with torch.no_grad():
         ref = module(torch.from_numpy(xs)).numpy()

@@ -32,7 +32,7 @@ def _pooled_torch(x: np.ndarray, n: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def pooled_engine(tmp_path_factory):
     out = tmp_path_factory.mktemp("pool") / "tiny-avg3"
-    return build_engine(EngineConfig(**TINY, pool="avg3", precision="fp32", backend="onnxruntime", out=str(out)))
+    return build_engine(EngineConfig(**dict(TINY, pool="avg3"), precision="fp32", backend="onnxruntime", out=str(out)))
 
 
 def test_pooling_in_the_graph_equals_torch_adaptive_avg_pool(pooled_engine):
@@ -49,7 +49,7 @@ def test_pooling_in_the_graph_equals_torch_adaptive_avg_pool(pooled_engine):
 
 
 def test_int8_pooled_engine_keeps_the_pool_in_float(tmp_path):
-    res = build_engine(EngineConfig(**TINY, pool="avg", precision="int8", backend="onnxruntime",
+    res = build_engine(EngineConfig(**dict(TINY, pool="avg"), precision="int8", backend="onnxruntime",
                                     out=str(tmp_path / "i8"), calibration_images=32))
     from engine.data import load_splits
 
