@@ -223,6 +223,9 @@ def test_bit_store_keeps_its_fitted_encoder_and_a_float_store_is_re_encoded(tiny
         bits.sample()
     clf, summary = fit(FitConfig(features=str(tmp_path / "bits"), n_components=200))
     assert summary["encoder"] == "threshold:median"
+    r = summary["recipe"]  # what otl fit --json shows
+    assert (r["pool"], r["resize"], r["encoder"], r["n_components"]) == ("none", "crop", "threshold:median", 200)
+    assert r["encoder_stats"]["exact"] and r["encoder_stats"]["rows_seen"] == 120
     np.testing.assert_array_equal(clf.encoder_.thresholds_, enc.thresholds_)  # predicts on images with these
     with pytest.raises(ValueError, match="bits cannot be re-encoded"):
         fit(FitConfig(features=str(tmp_path / "bits"), n_components=200, encode="sign"))
