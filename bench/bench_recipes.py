@@ -117,7 +117,12 @@ def main() -> int:
     ap.add_argument("--work", default="/tmp/otl-bench-recipes", help="engines and float stores (reused)")
     ap.add_argument("--backprop", default=None, help="bench_backprop.py --json output to compare with")
     ap.add_argument("--json", default=None, help="write every result here")
+    ap.add_argument("--results", default=None, help="print the summary of an earlier run's --json, measure nothing")
     a = ap.parse_args()
+    if a.results:
+        old = json.loads(Path(a.results).read_text())
+        _summary(old["results"], old["featurize_s_per_image"], a.backprop)
+        return 0
     if not CLOTHING.is_dir():
         print(f"skip: {CLOTHING} not found (the shared data set)")
         return 0
@@ -172,6 +177,8 @@ def _summary(results, per_image, backprop_path) -> None:
     print("\n== default recipe (crop, avg2, threshold:median, K=4000) vs backprop (best epoch)")
     ok = True
     for b in bp["results"]:
+        if "best_accuracy" not in b:
+            continue
         mine = [r for r in results if r["size"] == b["size"] and (r["resize"], r["pool"], r["encoder"]) == DEFAULT
                 and r["k"] == 4000]
         if not mine:
