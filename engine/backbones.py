@@ -368,58 +368,6 @@ def build_cut(model: str, cut: str | None, weights: str, seed: int = 0, pool: st
     return torch.nn.Sequential(*layers, torch.nn.Flatten(1)).eval(), resolved
 
 
-# ----------------------------------------------------------------------------- pooling at the cut
-
-
-POOL_HELP = "none (the full C x H x W map, the reference) | avg (global average: C) | avgN (N x N adaptive average: C*N*N)"
-# The default recipe's pooling, chosen by bench/bench_recipes.py (docs/benchmarks.md): a 2 x 2
-# average, or the global average on maps smaller than 2 x 2.
-DEFAULT_POOL = "avg2"
-
-
-def default_pool(shape) -> str:
-    """DEFAULT_POOL, or "avg" when the (C, H, W) map is too small for it."""
-    n = pool_grid(DEFAULT_POOL)
-    return DEFAULT_POOL if len(shape) == 3 and min(shape[1:]) >= n else "avg"
-
-
-def pool_grid(pool: str) -> int:
-    """0 for "none", N for "avgN" ("avg" is avg1). Raises BackboneError on anything else."""
-    if not isinstance(pool, str):
-        raise BackboneError(f"pool must be a string, got {type(pool).__name__} {pool!r}; valid: {POOL_HELP}")
-    spec = pool.strip().lower()
-    if spec == "none":
-        return 0
-    m = re.fullmatch(r"avg(\d*)", spec)
-    if m and (m.group(1) == "" or int(m.group(1)) >= 1):
-        return int(m.group(1) or 1)
-    raise BackboneError(f"unknown pool {pool!r}; valid: {POOL_HELP}")
-
-
-def pooled_features(shape, pool: str) -> int:
-    """Feature count of a (C, H, W) map after `pool`."""
-    n = pool_grid(pool)
-    c, *spatial = shape
-    if not n:
-        out = c
-        for d in spatial:
-            out *= d
-        return out
-    return c * n * n
-
-
-def check_pool(pool: str, model: str, cut: str, shape, input_size: int) -> None:
-    """An N x N average needs a map of at least N x N (otherwise bins would repeat pixels)."""
-    n = pool_grid(pool)
-    if n and (len(shape) != 3 or n > min(shape[1:])):
-        h, w = (shape[1], shape[2]) if len(shape) == 3 else (1, 1)
-        raise BackboneError(
-            f"--pool {pool} needs a feature map of at least {n}x{n}, but {model} cut {cut} gives "
-            f"{'x'.join(map(str, shape))} at input {input_size}; possible: none, avg"
-            + (f", avg2 .. avg{min(h, w)}" if min(h, w) >= 2 else "")
-            + " (or cut earlier, or use a larger --input-size)")
-
-
 def cut_map_shape(model: str, cut: str | None, input_size: int = 224) -> tuple:
     """(C, H, W) of the cut's output, computed on the meta device (no weights, no compute)."""
     import torch
@@ -433,3 +381,7 @@ def cut_map_shape(model: str, cut: str | None, input_size: int = 224) -> tuple:
         with torch.no_grad():
             out = apply_cut(ext, resolved).eval()(torch.zeros(1, 3, input_size, input_size))
     return tuple(int(d) for d in out.shape[1:])
+
+
+from engine.pooling import (DEFAULT_POOL, POOL_HELP, check_pool, default_pool, pool_grid,  # noqa: E402,F401
+                            pooled_features)

@@ -12,7 +12,7 @@ The OPU (and its simulation) takes binary inputs. Encoders (`parse_encoder(spec)
 
 Fitted encoders (median, thresholds:Q) learn their thresholds from a row sample (FeatureSample):
 exact when the training rows fit in it, else a uniform sample whose rank error is stated
-(`rank_error`, the Dvoretzky-Kiefer-Wolfowitz bound at 95 %). Packing is big-endian along axis 1
+(`rank_error`, the Dvoretzky-Kiefer-Wolfowitz bound at 95 %; kernels/feature_sample.py). Packing is big-endian along axis 1
 (NumPy's and CuPy's `packbits(..., axis=1)` default), so a bit-packed store is 8x smaller than bits.
 """
 from __future__ import annotations
@@ -77,9 +77,6 @@ ENCODER_HELP = ('"sign", "threshold:T" (a number), "threshold:median", "threshol
 # bench/bench_recipes.py; the reference's is "sign".
 DEFAULT_SPEC = "threshold:median"
 FITTED = ("median", "quantiles")  # methods whose thresholds come from training data
-SAMPLE_ROWS = 4096  # rows a FeatureSample keeps (fewer for very wide features, see sample_capacity)
-SAMPLE_BYTES = 512 << 20
-DKW_CONFIDENCE = 0.95
 
 
 class Encoder:
@@ -159,7 +156,7 @@ class Encoder:
             return np.array([0.5])
         return np.arange(1, self.levels + 1) / (self.levels + 1)
 
-    def fit(self, sample: "FeatureSample") -> "Encoder":
+    def fit(self, sample) -> "Encoder":
         """Thresholds from a FeatureSample (or a 2-D array of rows, taken as exact)."""
         if not self.needs_fit:
             return self
@@ -243,110 +240,5 @@ def parse_encoder(spec) -> Encoder:
     raise EncoderError(f"unknown encoder spec {spec!r}; {valid}")
 
 
-# ----------------------------------------------------------------------------- streaming statistics
-
-
-def sample_capacity(n_features: int, rows: int = SAMPLE_ROWS, max_bytes: int = SAMPLE_BYTES) -> int:
-    """Rows of float32 a sample keeps: `rows`, fewer when that would pass `max_bytes` (>= 256)."""
-    return int(max(256, min(rows, max_bytes // max(4 * n_features, 1))))
-
-
-def rank_error(sample_rows: int, confidence: float = DKW_CONFIDENCE) -> float:
-    """Dvoretzky-Kiefer-Wolfowitz: with this confidence, every quantile of a uniform sample of
-    `sample_rows` rows is within this many ranks (as a fraction of all rows) of the exact one."""
-    return math.sqrt(math.log(2.0 / (1.0 - confidence)) / (2.0 * max(sample_rows, 1)))
-
-
-class FeatureSample:
-    """A uniform sample of rows seen in one streaming pass (reservoir sampling, algorithm R).
-
-    Holds every row while at most `capacity` have been seen, so the statistics are then exact;
-    past it each row is kept with probability capacity/seen. Seeded: the same stream gives the
-    same sample.
-    """
-
-    def __init__(self, capacity: int = SAMPLE_ROWS, seed: int = 0):
-        if capacity < 1:
-            raise EncoderError(f"FeatureSample capacity must be >= 1, got {capacity}")
-        self.capacity, self.seen = int(capacity), 0
-        self._rng = np.random.default_rng([seed, 0x5A4D])
-        self._rows: np.ndarray | None = None
-
-    @classmethod
-    def of(cls, rows) -> "FeatureSample":
-        rows = np.asarray(rows, dtype=np.float32)
-        s = cls(max(len(rows), 1))
-        s.add(rows)
-        return s
-
-    def add(self, X) -> None:
-        from kernels._util import to_host
-
-        X = np.asarray(to_host(X), dtype=np.float32)
-        if X.ndim != 2:
-            raise EncoderError(f"FeatureSample.add: expected (n, F) rows, got shape {X.shape}")
-        if self._rows is None:
-            self._rows = np.empty((self.capacity, X.shape[1]), np.float32)
-        elif X.shape[1] != self._rows.shape[1]:
-            raise EncoderError(f"FeatureSample.add: rows of {X.shape[1]} features after {self._rows.shape[1]}")
-        free = max(0, min(self.capacity - self.seen, len(X)))
-        self._rows[self.seen:self.seen + free] = X[:free]
-        self.seen += free
-        rest = X[free:]
-        if len(rest):  # algorithm R: row t (0-based) replaces slot j ~ U[0, t] when j < capacity
-            t = self.seen + np.arange(len(rest))
-            j = (self._rng.random(len(rest)) * (t + 1)).astype(np.int64)
-            keep = np.flatnonzero(j < self.capacity)
-            for i in keep:  # in order: a later row overwrites an earlier one in the same slot
-                self._rows[j[i]] = rest[i]
-            self.seen += len(rest)
-
-    def rows(self) -> np.ndarray:
-        if self._rows is None:
-            return np.zeros((0, 0), np.float32)
-        return self._rows[:min(self.seen, self.capacity)]
-
-    @property
-    def exact(self) -> bool:
-        return self.seen <= self.capacity
-
-    def describe(self) -> dict:
-        kept = min(self.seen, self.capacity)
-        return {"rows_seen": self.seen, "sample_rows": kept, "exact": self.exact,
-                "rank_error": 0.0 if self.exact else round(rank_error(kept), 6),
-                "rank_error_confidence": DKW_CONFIDENCE}
-
-
-def sample_first_order(n: int, capacity: int, seed: int = 0) -> np.ndarray | None:
-    """A row order whose first `capacity` rows are a uniform sample of all n (None: n fits, keep
-    the order). Lets an encoder be fitted on the first rows of a single pass over the images."""
-    if n <= capacity:
-        return None
-    return np.random.default_rng([seed, 0x0DE5]).permutation(n)
-
-
-def fit_on_first_rows(encoder: Encoder, batches, capacity: int | None = None):
-    """(features, labels) batches -> the same batches, after fitting `encoder` on the first
-    `capacity` rows (buffered, then released; None: sample_capacity of the feature width). Put a
-    uniform sample first (sample_first_order) for it to be uniform; with <= capacity rows in all
-    it is exact."""
-    buf, have = [], 0
-    it = iter(batches)
-    for X, y in it:
-        buf.append((X, y))
-        have += len(y)
-        if capacity is None:
-            capacity = sample_capacity(X.shape[1])
-        if have >= capacity:
-            break
-    capacity = capacity or 1
-    sample = FeatureSample(max(capacity, 1))
-    for X, _ in buf:
-        sample.add(X)
-    exhausted = have < capacity
-    if have:
-        encoder.fit(sample)
-        if not exhausted:  # the sample is the first rows of a longer stream: say what it stands for
-            encoder.stats_ = dict(encoder.stats_, exact=False, rank_error=round(rank_error(sample.seen), 6))
-    yield from buf
-    yield from it
+from kernels.feature_sample import (FeatureSample, fit_on_first_rows, rank_error,  # noqa: E402,F401
+                                   sample_capacity, sample_first_order)

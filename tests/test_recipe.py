@@ -154,6 +154,9 @@ def test_first_rows_in_sample_first_order_are_uniform():
     assert sum(len(b[1]) for b in out) == len(y)  # every row comes through, once
     assert 4.0 <= enc.thresholds_[0] <= 5.0  # the median class of 0..9, not of the first classes
     assert enc.stats_["exact"] is False and enc.stats_["rank_error"] > 0
+    exact = parse_encoder("threshold:median")  # a stream that ends exactly at the sample's size is exact
+    list(fit_on_first_rows(exact, iter([(X[:200], y[:200]), (X[200:400], y[200:400])]), capacity=400))
+    assert exact.stats_["exact"] is True and exact.stats_["rank_error"] == 0.0
 
 
 def test_saved_encoder_gives_the_same_bits_and_predictions(tmp_path):
