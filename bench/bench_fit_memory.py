@@ -3,7 +3,7 @@
 Two bit-packed feature stores with the reference's feature size (50,176 bits, DenseNet-169
 denseblock4.12) and learnable synthetic classes, n and 10n training rows (same validation set).
 `otl fit --features STORE --n-components K` runs on each in a subprocess; its peak RSS is read
-from the kernel (getrusage of the child). The in-memory alternative (all projected features as
+from the kernel (the child's VmHWM). The in-memory alternative (all projected features as
 one float32 matrix, n x K) is printed for comparison.
 
     python bench/bench_fit_memory.py [--rows 2000] [--features 50176] [--components 4000]
@@ -53,7 +53,11 @@ def fit_peak(store: Path, components: int) -> tuple[float, dict]:
     code = (
         "import json, resource, sys; from engine.cli import main; "
         f"rc = main(['fit', '--features', {str(store)!r}, '--n-components', '{components}', '--json', '--quiet']); "
-        "sys.stderr.write('PEAK %d\\n' % resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        # VmHWM is this process's own peak; ru_maxrss keeps, across exec, the RSS of the parent it
+        # was forked from (here: the process that just wrote the stores)
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')]; "
+        "peak = int(hwm[0].split()[1]) if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+        "sys.stderr.write('PEAK %d\\n' % peak)"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     if proc.returncode:
