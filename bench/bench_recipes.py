@@ -30,7 +30,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.bench_selection import CLOTHING, _torch_home, draw  # noqa: E402
 
-DEFAULT = ("crop", "avg2", "threshold:median")  # what otl uses when nothing is said (README)
+def _default():
+    from engine.backbones import DEFAULT_POOL
+    from kernels.encode import DEFAULT_SPEC
+
+    return ("crop", DEFAULT_POOL, DEFAULT_SPEC)  # what otl uses when nothing is said (README)
+
+
+DEFAULT = _default()
 
 
 def recipes(components):

@@ -28,11 +28,10 @@ def write_store(path, featurizer, splits: dict, fmt: str = "bits", encoder=None,
 
     A bits store is encoded on the way; an encoder with fitted thresholds (threshold:median,
     thresholds:Q) learns them from the first rows of train, put in a seeded random order when
-    train is larger than the sample (encode.sample_first_order), and saves them in the store.
+    train is larger than the sample (encode.with_sample_first), and saves them in the store.
     Float stores keep the raw features: any encoder can be fitted on them later.
     """
-    from kernels.encode import (DEFAULT_SPEC, fit_on_first_rows, packbits, parse_encoder, sample_capacity,
-                                sample_first_order)
+    from kernels.encode import DEFAULT_SPEC, fit_on_first_rows, packbits, parse_encoder, with_sample_first
 
     if fmt not in FORMATS:
         raise ValueError(f"unknown feature store format {fmt!r}; expected one of {', '.join(FORMATS)}")
@@ -52,9 +51,7 @@ def write_store(path, featurizer, splits: dict, fmt: str = "bits", encoder=None,
                 continue
             rows, labels = 0, []
             if name == "train" and fit_encoder:
-                width = featurizer.engine.n_features if featurizer.engine is not None else None
-                order = sample_first_order(len(ds), sample_capacity(width) if width else 4096, seed)
-                ds = ds.select(order) if order is not None else ds
+                ds = with_sample_first(ds, getattr(featurizer.engine, "n_features", None), seed)
             stream = featurizer.featurize(ds, desc=f"featurize {name}")
             if name == "train" and fit_encoder:
                 stream = fit_on_first_rows(enc, stream)

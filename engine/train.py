@@ -61,6 +61,7 @@ def fit(cfg: FitConfig) -> tuple[TransferClassifier, dict]:
 
     t0 = time.perf_counter()
     encoder = parse_encoder(cfg.encode or DEFAULT_ENCODE)
+    store = None
     if cfg.features:
         from engine.store import FeatureStore
 
@@ -72,7 +73,7 @@ def fit(cfg: FitConfig) -> tuple[TransferClassifier, dict]:
                              select=cfg.select, folds=cfg.folds, refit_validation=cfg.refit_validation)
     t = clf.timings_
     if cfg.features:
-        src = _StoreSource(cfg, t, encoder)
+        src = _StoreSource(cfg, t, encoder, store)
     elif cfg.engine:
         src = _EngineSource(cfg, t, encoder)
     else:
@@ -148,7 +149,7 @@ class _EngineSource:
     def __init__(self, cfg: FitConfig, t: Timings, encoder):
         from engine.data import load_splits
         from engine.runtime import Engine
-        from kernels.encode import sample_capacity, sample_first_order
+        from kernels.encode import with_sample_first
 
         self.cfg, self.t = cfg, t
         self.engine = Engine(cfg.engine, threads=cfg.threads)
@@ -158,9 +159,7 @@ class _EngineSource:
         self.engine_info, self.engine_root = self.engine.describe(), self.engine.root
         self.train, self.val = self.splits.train, self.splits.validation
         if encoder.needs_fit and not encoder.fitted:  # thresholds from the first rows: make them a uniform sample
-            order = sample_first_order(len(self.train), sample_capacity(self.engine.n_features), cfg.seed)
-            if order is not None:
-                self.train = self.train.select(order)
+            self.train = with_sample_first(self.train, self.engine.n_features, cfg.seed)
         self.validation_source = self.splits.source.get("validation_source")
         self.split = split_record(self.splits.source)
 
@@ -186,11 +185,9 @@ class _EngineSource:
 
 
 class _StoreSource:
-    def __init__(self, cfg: FitConfig, t: Timings, encoder):
-        from engine.store import FeatureStore
-
+    def __init__(self, cfg: FitConfig, t: Timings, encoder, store):
         self.cfg, self.t = cfg, t
-        self.store = FeatureStore(cfg.features)
+        self.store = store
         self.encoded = self.store.format == "bits"
         if not self.encoded and encoder.needs_fit and not encoder.fitted:
             with t("encoder_statistics"):  # a uniform row sample of the stored train split, one read

@@ -22,6 +22,8 @@ import math
 import numpy as np
 
 from kernels._util import get_array_module
+from kernels.feature_sample import (FeatureSample, fit_on_first_rows, rank_error,  # noqa: F401  (re-exported)
+                                    sample_capacity, sample_first_order, with_sample_first)
 
 METHODS = ("sign", "threshold")
 
@@ -239,6 +241,3 @@ def parse_encoder(spec) -> Encoder:
         return Encoder("quantiles", levels=q)
     raise EncoderError(f"unknown encoder spec {spec!r}; {valid}")
 
-
-from kernels.feature_sample import (FeatureSample, fit_on_first_rows, rank_error,  # noqa: E402,F401
-                                   sample_capacity, sample_first_order)

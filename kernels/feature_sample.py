@@ -98,6 +98,14 @@ def sample_first_order(n: int, capacity: int, seed: int = 0) -> np.ndarray | Non
     return np.random.default_rng([seed, 0x0DE5]).permutation(n)
 
 
+def with_sample_first(dataset, n_features: int | None, seed: int = 0):
+    """`dataset` (anything with len() and .select(order)) with a uniform sample of its rows first,
+    or unchanged when all of them fit in the sample (n_features None: SAMPLE_ROWS)."""
+    capacity = sample_capacity(n_features) if n_features else SAMPLE_ROWS
+    order = sample_first_order(len(dataset), capacity, seed)
+    return dataset if order is None else dataset.select(order)
+
+
 def fit_on_first_rows(encoder, batches, capacity: int | None = None):
     """(features, labels) batches -> the same batches, after fitting `encoder` on the first
     `capacity` rows (buffered, then released; None: sample_capacity of the feature width). Put a
