@@ -4,7 +4,7 @@ Real photos (../shared/data/clothing: 10 classes, 3,068 train / 372 test), Mobil
 fp32 on ONNX Runtime. The full 1280x7x7 map is featurized once per preprocessing (crop: the
 weights' resize + center crop; squash: the reference's Resize((224, 224))) into a float16 store;
 pooled features are the store's map averaged the way the engine's AdaptiveAvgPool2d does it
-(tests/test_recipe.py checks the engine's pooling against torch). For training sets of 10, 20, 50
+(tests/engine/test_recipe.py checks the engine's pooling against torch). For training sets of 10, 20, 50
 images per class and the full train/ (3 draws each: draw d takes its own seeded subset and its own
 projection seed d), every recipe is fitted with alpha by `auto` selection (exact leave-one-out
 here) and scored on the same 372 test images. Prints mean +- standard error over the draws and the

@@ -412,7 +412,7 @@ def write_qdq_models(onnx_model, result, out_dir, trt_version: int | None = None
     Returns {"tensorrt": path, "onnxruntime": path, "trt_cache": path}."""
     from calibration.scales import act_scale
     from calibration.trtcache import DEFAULT_TRT_VERSION, write_trt_cache
-    from kernels._util import atomic_write_bytes
+    from kernels.io import atomic_write_bytes
 
     if not isinstance(onnx_model, onnx.ModelProto):
         onnx_model = onnx.load(str(onnx_model))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kernels._util import atomic_write_json, sha256_json
+from kernels.io import atomic_write_json, sha256_json
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from kernels._util import atomic_write_text
+from kernels.io import atomic_write_text
 
 DEFAULT_TRT_VERSION = 8601
 ALGORITHM = "EntropyCalibration2"

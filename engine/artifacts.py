@@ -7,7 +7,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from kernels._util import atomic_write_json, sha256_file
+from kernels.io import atomic_write_json, sha256_file
 
 MANIFEST = "manifest.json"
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from kernels._util import sha256_file
+from kernels.io import sha256_file
 
 
 class BackboneError(ValueError):

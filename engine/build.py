@@ -13,7 +13,7 @@ from pathlib import Path
 
 from engine.artifacts import file_entry, library_versions, read_manifest, write_manifest, ArtifactError
 from engine.timing import Timings
-from kernels._util import sha256_json
+from kernels.io import sha256_json
 
 PRECISIONS = ("fp32", "fp16", "int8")
 BUILD_VERSION = 2  # 2: int8 bias correction and threshold refinement

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from engine.timing import Timings
-from kernels._util import atomic_write_bytes, check_finite, get_array_module, to_host
+from kernels.io import atomic_write_bytes
+from kernels.xp import check_finite, get_array_module, to_host
 
 # The reference's grid: mantissas 1, 3, 5, 7, 9 times 10^3 .. 10^5.
 REFERENCE_ALPHAS = tuple(float(m * 10 ** e) for e in (3, 4, 5) for m in (1, 3, 5, 7, 9))

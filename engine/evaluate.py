@@ -12,7 +12,7 @@ import numpy as np
 
 from engine.classifier import ModelFileError
 from engine.timing import Timings
-from kernels._util import to_host
+from kernels.xp import to_host
 
 SPLIT_KEYS = ("kind", "layout", "root", "seed", "test_fraction", "validation_fraction", "validation_source",
               "counts", "split_hashes", "file_list_hash")

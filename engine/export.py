@@ -48,7 +48,7 @@ def save_onnx(model, path: str | os.PathLike) -> Path:
     """Check and write an ONNX model atomically (temp file in the same folder, then rename)."""
     import onnx
 
-    from kernels._util import atomic_write_bytes
+    from kernels.io import atomic_write_bytes
 
     onnx.checker.check_model(model)
     return atomic_write_bytes(path, model.SerializeToString())

@@ -14,7 +14,7 @@ import warnings
 
 import numpy as np
 
-from kernels._util import get_array_module
+from kernels.xp import get_array_module
 
 SELECT_METHODS = ("auto", "loo", "kfold", "holdout")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.artifacts import ArtifactError, file_entry, read_manifest, write_manifest
-from kernels._util import to_host
+from kernels.xp import to_host
 
 FORMATS = ("bits", "float16", "float32")
 THRESHOLDS_FILE = "encoder.thresholds.npy"

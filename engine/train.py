@@ -16,7 +16,7 @@ from pathlib import Path
 from engine.classifier import ModelFileError, TransferClassifier, load_npz, save_npz
 from engine.evaluate import evaluate, predict_files, split_record  # noqa: F401  (evaluate's home; re-exported)
 from engine.timing import Timings
-from kernels._util import to_host
+from kernels.xp import to_host
 from kernels.encode import DEFAULT_SPEC
 
 HOLDOUT_FRACTION = 0.1  # --select holdout without validation/ carves this much of train

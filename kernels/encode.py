@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from kernels._util import get_array_module
+from kernels.xp import get_array_module
 from kernels.feature_sample import (FeatureSample, fit_on_first_rows, rank_error,  # noqa: F401  (re-exported)
                                     sample_capacity, sample_first_order, with_sample_first)
 

@@ -53,7 +53,7 @@ class FeatureSample:
         return s
 
     def add(self, X) -> None:
-        from kernels._util import to_host
+        from kernels.xp import to_host
 
         X = np.asarray(to_host(X), dtype=np.float32)
         if X.ndim != 2:

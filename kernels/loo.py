@@ -5,13 +5,13 @@ matrix H = 11ᵀ/n + Yc (YcᵀYc + αI)⁻¹ Ycᵀ, the score of row i fitted wi
 ŝ₋ᵢ = (ŝᵢ − hᵢᵢ tᵢ) / (1 − hᵢᵢ). From K = Yc Ycᵀ = U diag(μ) Uᵀ (n ≤ k, "dual") or
 G = YcᵀYc = V diag(λ) Vᵀ (n > k, "primal", P = Yc V) every alpha costs one GEMM with t columns.
 Used by kernels/selection.py (and engine/ridge_training.py), checked against brute-force refits
-and scikit-learn's RidgeClassifierCV in tests/test_selection.py.
+and scikit-learn's RidgeClassifierCV in tests/kernels/test_selection.py.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from kernels._util import get_array_module
+from kernels.xp import get_array_module
 from kernels.ridge import _eigh, check_alphas
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kernels._util import atomic_write_bytes, atomic_write_json, sha256_json
+from kernels.io import atomic_write_bytes, atomic_write_json, sha256_json
 
 SUBDIR = "opu-matrices"
 DEFAULT_MAX_BYTES = 8 << 30

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from kernels._util import get_array_module
+from kernels.xp import get_array_module
 
 MODES = ("fast", "lightonml")
 MATRIX_DTYPES = ("float32", "float16", "bfloat16", "int8")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kernels._util import check_finite, get_array_module
+from kernels.xp import check_finite, get_array_module
 
 SOLVERS = ("auto", "cholesky", "eigh")
 # eigh (syevd with vectors) costs about this many Cholesky solves of the same size: measured on

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kernels._util import get_array_module, to_host
+from kernels.xp import get_array_module, to_host
 from kernels.loo import SpectralRidge  # noqa: F401  (re-exported: part of selection's API)
 from kernels.ridge import NormalEquations, check_alphas, concat_rows
 

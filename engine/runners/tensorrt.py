@@ -50,7 +50,7 @@ def device_info() -> dict:
 def build_plan(onnx_path, plan_path, input_size: int, min_batch: int = 1, opt_batch: int = 32,
                max_batch: int = 256, workspace_gib: float = 4.0, tf32: bool = False, trt=None) -> Path:
     """Parse `onnx_path` into a strongly typed network and write the serialized engine atomically."""
-    from kernels._util import atomic_write_bytes
+    from kernels.io import atomic_write_bytes
 
     trt = trt or _trt()
     logger = trt.Logger(trt.Logger.WARNING)

@@ -1,7 +1,7 @@
-"""kernels._util: atomic writes."""
+"""kernels.io: atomic writes."""
 import stat
 
-from kernels._util import atomic_write_bytes, atomic_write_json
+from kernels.io import atomic_write_bytes, atomic_write_json
 
 
 def test_atomic_write_replaces_whole_files_with_ordinary_permissions(tmp_path):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import RidgeClassifier
 
-from kernels._util import check_finite
+from kernels.xp import check_finite
 from kernels.ridge import (NormalEquations, check_alphas, one_vs_all_targets, predict_scores,
                            resolve_solver, select_alpha, solve_ridge, solve_ridge_path)
 

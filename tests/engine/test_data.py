@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import CLOTHING
+
 from engine.data import (IMAGENET_DEFAULT, DataError, DataWarning, DatasetSpec, DigitsDataset,
                          ImageFolderDataset, Preprocess, file_list_hash, iter_batches, list_images,
                          load_rgb, load_splits, stratified_split, subset)
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-CLOTHING = SHARED / "data" / "clothing"
 SMALL = Preprocess(16, 12)  # tiny images keep the suite fast
 
 

@@ -1,7 +1,7 @@
-"""Small helpers shared by every layer: atomic file writes, hashing, the array module.
+"""Files every layer writes: atomic writes (temp file + os.replace) and sha256 hashing.
 
-Lives in kernels/ because kernels/ is the bottom of the dependency order
-(engine -> calibration -> kernels), so every package may import it.
+In kernels/ because kernels/ is the bottom of the dependency order (engine -> calibration ->
+kernels), so every package may import it.
 """
 from __future__ import annotations
 
@@ -11,25 +11,6 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any
-
-
-def get_array_module(*arrays):
-    """Return cupy when any argument is a CuPy array, else numpy (cupy is imported only if loaded)."""
-    import sys
-
-    cupy = sys.modules.get("cupy")
-    if cupy is not None:
-        return cupy.get_array_module(*arrays)
-    import numpy
-
-    return numpy
-
-
-def to_host(a):
-    """A NumPy array from a NumPy or CuPy array (a device-to-host copy for CuPy)."""
-    import numpy
-
-    return a.get() if hasattr(a, "get") and not isinstance(a, numpy.ndarray) else numpy.asarray(a)
 
 
 def _umask() -> int:
@@ -79,17 +60,3 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 def sha256_json(obj: Any) -> str:
     """Hash of a JSON-serializable object, independent of key order."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def check_finite(x, stage: str):
-    """Raise ValueError naming `stage` when array `x` holds NaN or Inf; return x unchanged.
-
-    One reduction over x (cheap next to the GEMMs it guards); works for NumPy and CuPy arrays.
-    """
-    xp = get_array_module(x)
-    x = xp.asarray(x)
-    if x.dtype.kind in "fc" and not bool(xp.isfinite(x).all()):
-        n_nan, n_inf = int(xp.isnan(x).sum()), int(xp.isinf(x).sum())
-        raise ValueError(f"{stage}: found {n_nan} NaN and {n_inf} Inf values in an array of shape "
-                         f"{tuple(x.shape)}; fix the upstream stage (check inputs, precision and scales)")
-    return x
