@@ -98,16 +98,16 @@ def run_reference(data: str, k: int, limit: int | None, threads: int) -> dict:
 
 
 def run_ours(data: str, k: int, limit: int | None, threads: int, precision: str, build: str) -> dict:
-    from engine.build import EngineConfig, build_engine
+    from engine.build import BuildConfig, make_build
     from engine.train import FitConfig, fit
 
     t0 = time.perf_counter()
-    res = build_engine(EngineConfig(model="mobilenet_v2", weights="imagenet", precision=precision,
+    res = make_build(BuildConfig(model="mobilenet_v2", weights="imagenet", precision=precision,
                                     backend="onnxruntime", out=build, data=data, threads=threads))
     build_s = time.perf_counter() - t0
     if limit:
         raise SystemExit("--limit applies to the reference only; use --quick for both")
-    _, s = fit(FitConfig(engine=res["build_dir"], data=data, n_components=k, threads=threads, progress=False))
+    _, s = fit(FitConfig(build=res["build_dir"], data=data, n_components=k, threads=threads, progress=False))
     s["select"] = s["selection"]["method"] if s["selection"] else None
     s["timings"]["engine_build_not_counted"] = build_s
     return s

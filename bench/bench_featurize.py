@@ -37,7 +37,7 @@ def main(argv=None) -> dict:
 
     from engine.backbones import build_cut
     from engine.export import export_onnx
-    from engine.runners import make_runner
+    from engine.backends import make_runner
 
     torch.set_num_threads(a.threads)
     module, cut = build_cut(a.model, a.cut, "random", seed=0)

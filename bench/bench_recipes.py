@@ -69,17 +69,17 @@ def adaptive_avg(maps: np.ndarray, n: int) -> np.ndarray:
 
 def featurize(resize: str, root: Path, threads: int) -> dict:
     """Float16 full-map store for one preprocessing, built once; returns arrays and timing."""
-    from engine.build import EngineConfig, build_engine
+    from engine.build import BuildConfig, make_build
     from engine.data import load_splits
     from engine.featurize import Featurizer
-    from engine.runtime import Engine
+    from engine.build_folder import Build
     from engine.store import FeatureStore, write_store
 
-    res = build_engine(EngineConfig(model="mobilenet_v2", weights="imagenet", precision="fp32", resize=resize,
+    res = make_build(BuildConfig(model="mobilenet_v2", weights="imagenet", precision="fp32", resize=resize,
                                     backend="onnxruntime", out=str(root / f"engine-{resize}"), threads=threads))
-    eng = Engine(res["build_dir"], threads=threads)
+    eng = Build(res["build_dir"], threads=threads)
     store, meta = root / f"store-{resize}", root / f"store-{resize}.timing.json"
-    if not (store / "manifest.json").exists() or FeatureStore(store).manifest["engine"]["key"] != eng.key:
+    if not (store / "manifest.json").exists() or FeatureStore(store).build_info.get("key") != eng.key:
         sp = load_splits(str(CLOTHING), eng.preprocess)
         t0 = time.perf_counter()
         with Featurizer(eng, 32, progress=False) as f:

@@ -40,16 +40,16 @@ def _torch_home() -> str:
 
 def features(build: Path, store: Path, threads: int):
     """(train bits, train labels, test bits, test labels, classes) from a bit store, built once."""
-    from engine.build import EngineConfig, build_engine
+    from engine.build import BuildConfig, make_build
     from engine.data import load_splits
     from engine.featurize import Featurizer
-    from engine.runtime import Engine
+    from engine.build_folder import Build
     from engine.store import FeatureStore, write_store
 
-    res = build_engine(EngineConfig(model="mobilenet_v2", weights="imagenet", precision="fp32",
+    res = make_build(BuildConfig(model="mobilenet_v2", weights="imagenet", precision="fp32",
                                     backend="onnxruntime", out=str(build), threads=threads))
-    eng = Engine(res["build_dir"], threads=threads)
-    if not (store / "manifest.json").exists() or FeatureStore(store).manifest["engine"]["key"] != eng.key:
+    eng = Build(res["build_dir"], threads=threads)
+    if not (store / "manifest.json").exists() or FeatureStore(store).build_info.get("key") != eng.key:
         sp = load_splits(str(CLOTHING), eng.preprocess)
         with Featurizer(eng, 32, progress=False) as f:
             write_store(store, f, {"train": sp.train, "test": sp.test}, classes=sp.classes, source=sp.source)
@@ -71,13 +71,14 @@ def holdout_old(Y, y, Yt, yt, seed):
     """The old default: 10 % carved out (stratified), the reference grid, ties to the largest alpha,
     the final model on the remaining 90 % only."""
     from engine.data import stratified_split
-    from kernels.ridge import NormalEquations, one_vs_all_targets, select_alpha
+    from kernels.ridge import NormalEquations, one_vs_all_targets, predict_scores
 
     tr, va, _ = stratified_split(y, 0.0, 0.1, seed)
     nc = int(y.max()) + 1
     ne = NormalEquations(keep_raw=len(tr)).update(Y[tr], one_vs_all_targets(y[tr], nc))
     path = ne.solve_path(REFERENCE_ALPHAS)
-    best, _ = select_alpha(path, Y[va], y[va])
+    acc = np.array([(predict_scores(Y[va], W, b).argmax(1) == y[va]).mean() for W, b in zip(path.coefs, path.intercepts)])
+    best = max(np.flatnonzero(acc == acc.max()), key=lambda i: path.alphas[i])  # ties: the larger alpha
     W, b = path[best]
     return float((np.argmax(Yt @ W + b, 1) == yt).mean()), REFERENCE_ALPHAS[best]
 

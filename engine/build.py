@@ -1,17 +1,18 @@
-"""`otl engines`: backbone cut -> ONNX fp32 -> fp16 / int8 graph -> engine, with a manifest.
+"""`otl engines`: backbone cut -> ONNX fp32 -> fp16 / int8 graph -> backend artifact, with a manifest.
 
-A build folder holds one backbone cut at one precision for one backend. Its manifest.json is
-written last; its key hashes everything that changes the result, so an unchanged request reuses
-the folder and a changed one rebuilds it (temporary files, then renames: an interrupted build is
-never picked up).
+A build (folder) holds one backbone cut at one precision for one backend: its ONNX files, the
+artifact the backend runs (the ONNX file itself, or a TensorRT plan) and manifest.json, written
+last. The manifest's key hashes everything that changes the result, so an unchanged request reuses
+the build and a changed one rebuilds it (temporary files, then renames: an interrupted build is
+never picked up). `Build` (engine/build_folder.py) loads one.
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from engine.artifacts import file_entry, library_versions, read_manifest, write_manifest, ArtifactError
+from engine.artifacts import ArtifactError, file_entry, library_versions, read_manifest, write_manifest
 from engine.timing import Timings
 from kernels.io import sha256_json
 
@@ -24,7 +25,7 @@ class BuildError(ValueError):
 
 
 @dataclass
-class EngineConfig:
+class BuildConfig:
     model: str = "densenet169"
     cut: str | None = None  # None: the model's default cut
     weights: str = "imagenet"  # imagenet | random | PATH
@@ -34,26 +35,35 @@ class EngineConfig:
     input_size: int | None = None  # None: the weights' preprocessing crop size
     pool: str | None = None  # none | avg | avgN: pooling at the cut, in the ONNX graph; None: avg2 (avg on maps < 2x2)
     resize: str = "crop"  # crop (torchvision's weights transforms) | squash (the reference's Resize((s, s)))
-    out: str | None = None  # None: builds/<model>-<cut>-<weights>-<precision>
+    out: str | None = None  # None: builds/<model>-<cut>[-recipe]-<weights>-<precision> (default_out)
     data: str | None = None  # calibration images for int8 (None: embedded digits)
     calibration_images: int = 512
     calibration_method: str = "entropy"
     keep_fp32: int = 3  # int8: the first N quantizable activations (graph order) stay fp32
     bias_correction: bool = True  # int8: biases absorb the mean error of the int8 weights
     refine_images: int = 0  # int8: > 0 picks each threshold by output error on this many images
-    batch_size: int = 32
+    batch_size: int = 32  # also the TensorRT profile's optimal batch
     threads: int | None = None
     force: bool = False
     verbose: bool = False
-    max_batch: int = 256
-    extra: dict = field(default_factory=dict)
+    max_batch: int = 256  # the TensorRT profile's largest batch
 
 
-def check_config(cfg: EngineConfig) -> None:
-    from engine.backbones import model_info
-    from engine.runners import BACKENDS
+@dataclass
+class Recipe:
+    """What a BuildConfig resolves to before anything is exported."""
 
-    from engine.backbones import pool_grid
+    cut: str
+    preprocess: object  # engine.data.Preprocess
+    weights_id: str
+    input_size: int
+    pool: str
+    out: Path
+
+
+def check_config(cfg: BuildConfig) -> None:
+    from engine.backbones import model_info, pool_grid
+    from engine.backends import BACKENDS, buildable
     from engine.data import RESIZE_MODES
 
     model_info(cfg.model)
@@ -66,11 +76,12 @@ def check_config(cfg: EngineConfig) -> None:
         raise BuildError(f"unknown precision {cfg.precision!r}; expected one of {', '.join(PRECISIONS)}")
     if cfg.backend not in BACKENDS:
         raise BuildError(f"unknown backend {cfg.backend!r}; expected one of {', '.join(BACKENDS)}")
-    if cfg.backend == "torch":
-        raise BuildError("the torch backend is the reference and needs no engine; build for onnxruntime or tensorrt")
+    if not buildable(cfg.backend):
+        raise BuildError(f"the {cfg.backend} backend is the reference and needs no build; "
+                         "build for onnxruntime or tensorrt")
 
 
-def default_out(cfg: EngineConfig, cut_name: str, pool: str) -> Path:
+def default_out(cfg: BuildConfig, cut_name: str, pool: str) -> Path:
     """builds/<model>-<cut>[-fullmap|-avgN][-squash]-<weights>-<precision>: the recipe's non-default parts."""
     from engine.backbones import DEFAULT_POOL
 
@@ -80,19 +91,14 @@ def default_out(cfg: EngineConfig, cut_name: str, pool: str) -> Path:
     return Path("builds") / f"{cfg.model}-{cut_name}{recipe}-{w}-{cfg.precision}"
 
 
-def build_engine(cfg: EngineConfig) -> dict:
-    """Build (or reuse) the engine `cfg` asks for. Returns the summary `otl engines --json` prints."""
+def resolve_recipe(cfg: BuildConfig) -> Recipe:
+    """Cut, preprocessing, weights id, input size, pooling and output folder; checked on the meta device."""
     from engine import backbones
-    from engine.runners import resolve_backend
 
-    check_config(cfg)
-    t = Timings()
-    backend = resolve_backend(cfg.backend)
-    with t("resolve"):
-        cut = backbones.resolve(cfg.model, cfg.cut)
-        backbones.check_weights_spec(cfg.weights)
-        preprocess = backbones.preprocess_for(cfg.model, cfg.weights)
-        wid = backbones.weights_id(cfg.weights, cfg.seed, cfg.model)
+    cut = backbones.resolve(cfg.model, cfg.cut)
+    backbones.check_weights_spec(cfg.weights)
+    preprocess = backbones.preprocess_for(cfg.model, cfg.weights)
+    wid = backbones.weights_id(cfg.weights, cfg.seed, cfg.model)
     size = cfg.input_size or preprocess.crop_size
     if size != preprocess.crop_size:  # keep the weights' resize/crop ratio (256/224 for ImageNet)
         ratio = preprocess.resize_size / preprocess.crop_size
@@ -105,81 +111,116 @@ def build_engine(cfg: EngineConfig) -> dict:
         pool = backbones.default_pool(shape) if pool is None else pool
         backbones.check_pool(pool, cfg.model, cut.name, shape, size)
     out = Path(cfg.out) if cfg.out else default_out(cfg, cut.name, pool)
-    key_parts = {
-        "build_version": BUILD_VERSION, "model": cfg.model, "cut": cut.name, "weights": wid,
-        "input_size": size, "precision": cfg.precision, "backend": backend,
-        "preprocess": preprocess.to_dict(), "torch": library_versions()["torch"],
+    return Recipe(cut=cut.name, preprocess=preprocess, weights_id=wid, input_size=size, pool=pool, out=out)
+
+
+def key_parts(cfg: BuildConfig, r: Recipe, backend: str, calib) -> dict:
+    """Everything the build's result depends on; the manifest key is their sha256."""
+    parts = {
+        "build_version": BUILD_VERSION, "model": cfg.model, "cut": r.cut, "weights": r.weights_id,
+        "input_size": r.input_size, "precision": cfg.precision, "backend": backend,
+        "preprocess": r.preprocess.to_dict(), "torch": library_versions()["torch"],
     }
-    if pool != "none":  # left out when "none", so keys of engines built before pooling stay valid
-        key_parts["pool"] = pool
+    if r.pool != "none":  # left out when "none", so keys of builds made before pooling stay valid
+        parts["pool"] = r.pool
+    if calib is not None:
+        parts.update(calibration=calib.key_parts(), keep_fp32=cfg.keep_fp32, bias_correction=cfg.bias_correction,
+                     refine_images=cfg.refine_images)
+    return parts
+
+
+def make_build(cfg: BuildConfig) -> dict:
+    """Build (or reuse) the build `cfg` asks for. Returns the summary `otl engines --json` prints."""
+    from engine.backends import resolve_backend
+
+    check_config(cfg)
+    t = Timings()
+    backend = resolve_backend(cfg.backend)
+    with t("resolve"):
+        r = resolve_recipe(cfg)
     calib = None
     if cfg.precision == "int8":
         from engine.int8 import calibration_plan
 
-        calib = calibration_plan(cfg, preprocess, cut.name, wid)
-        key_parts["calibration"] = calib.key_parts()
-        key_parts["keep_fp32"] = cfg.keep_fp32
-        key_parts["bias_correction"] = cfg.bias_correction
-        key_parts["refine_images"] = cfg.refine_images
-    key = sha256_json(key_parts)
-    if not cfg.force and (out / "manifest.json").exists():
-        try:
-            old = read_manifest(out, "engine build")
-            if old.get("key") == key:
-                return _summary(out, old, rebuilt=False, timings=t)
-        except ArtifactError:
-            pass  # an unreadable or half-written folder is rebuilt below
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "manifest.json").unlink(missing_ok=True)  # from here on the folder is "being built"
+        calib = calibration_plan(cfg, r.preprocess, r.cut, r.weights_id)
+        parts = key_parts(cfg, r, backend, calib)
+    else:
+        parts = key_parts(cfg, r, backend, None)
+    key = sha256_json(parts)
+    old = None if cfg.force else _manifest_with_key(r.out, key)
+    if old is not None:
+        return _summary(r.out, old, rebuilt=False, timings=t)
+    r.out.mkdir(parents=True, exist_ok=True)
+    (r.out / "manifest.json").unlink(missing_ok=True)  # from here on the folder is "being built"
+    module, files, extra = _export(cfg, r, calib, t)
+    artifact = _build_artifact(cfg, r, backend, files, extra, t)
+    manifest = {
+        "kind": "otl-engine", "key": key, "key_parts": parts,
+        "model": cfg.model, "cut": {"name": r.cut, "features": _n_features(module, r.input_size), "pool": r.pool},
+        "recipe": {"pool": r.pool, "resize": r.preprocess.resize},
+        "weights": {"spec": cfg.weights, "id": r.weights_id}, "seed": cfg.seed, "precision": cfg.precision,
+        "backend": backend, "emulated": _emulated(backend, cfg.precision),
+        "artifact": str(artifact.relative_to(r.out)),
+        "input": {"name": "images", "shape": [-1, 3, r.input_size, r.input_size], "dtype": "float32"},
+        "output": {"name": "features", "dtype": "float32"},
+        "preprocess": r.preprocess.to_dict(),
+        "files": {k: file_entry(Path(v), r.out) for k, v in files.items()},
+        "versions": library_versions(), "timings": t.as_dict(), **extra,
+    }
+    write_manifest(r.out, manifest)
+    return _summary(r.out, manifest, rebuilt=True, timings=t)
 
+
+def _manifest_with_key(out: Path, key: str) -> dict | None:
+    """The build's manifest when it is complete and its key is `key`, else None."""
+    if not (out / "manifest.json").exists():
+        return None
+    try:
+        old = read_manifest(out, "build")
+    except ArtifactError:
+        return None  # an unreadable or half-written folder is rebuilt
+    return old if old.get("key") == key else None
+
+
+def _export(cfg: BuildConfig, r: Recipe, calib, t: Timings) -> tuple[object, dict, dict]:
+    """The cut module, the ONNX files of the precision (fp32 always) and extra manifest entries."""
+    from engine import backbones
     from engine.export import convert_fp16, export_onnx
 
     with t("load_backbone"):
-        module, _ = backbones.build_cut(cfg.model, cut.name, cfg.weights, cfg.seed, pool=pool, input_size=size)
-
+        module, _ = backbones.build_cut(cfg.model, r.cut, cfg.weights, cfg.seed, pool=r.pool, input_size=r.input_size)
     files: dict[str, Path] = {}
     with t("export_onnx"):
-        files["onnx_fp32"] = export_onnx(module, out / "model.fp32.onnx", size, verbose=cfg.verbose)
-    extra_manifest: dict = {}
+        files["onnx_fp32"] = export_onnx(module, r.out / "model.fp32.onnx", r.input_size, verbose=cfg.verbose)
+    extra: dict = {}
     if cfg.precision == "fp16":
         with t("convert_fp16"):
-            files["onnx_fp16"] = convert_fp16(files["onnx_fp32"], out / "model.fp16.onnx")
-        onnx_for = {"onnxruntime": files["onnx_fp16"], "tensorrt": files["onnx_fp16"]}
+            files["onnx_fp16"] = convert_fp16(files["onnx_fp32"], r.out / "model.fp16.onnx")
     elif cfg.precision == "int8":
         from engine.int8 import build_int8
 
         with t("calibrate"):
-            int8_files, extra_manifest["calibration"] = build_int8(module, files["onnx_fp32"], out, calib, cfg)
+            int8_files, extra["calibration"] = build_int8(module, files["onnx_fp32"], r.out, calib, cfg)
         files.update(int8_files)
-        onnx_for = {"onnxruntime": files["onnx_int8_onnxruntime"], "tensorrt": files["onnx_int8_tensorrt"]}
-    else:
-        onnx_for = {"onnxruntime": files["onnx_fp32"], "tensorrt": files["onnx_fp32"]}
+    return module, files, extra
 
-    engine_file = onnx_for[backend]
-    if backend == "tensorrt":
-        from engine.runners.tensorrt import build_plan, device_info
 
-        with t("build_tensorrt"):
-            engine_file = build_plan(onnx_for["tensorrt"], out / f"model.{cfg.precision}.plan", size,
-                                     opt_batch=cfg.batch_size, max_batch=cfg.max_batch)
-        files["plan"] = engine_file
-        extra_manifest["device"] = device_info()
-    emulated = cfg.precision == "fp16" and backend == "onnxruntime" and _cpu_only()
-    manifest = {
-        "kind": "otl-engine", "key": key, "key_parts": key_parts,
-        "model": cfg.model, "cut": {"name": cut.name, "features": None, "pool": pool},
-        "recipe": {"pool": pool, "resize": preprocess.resize}, "weights": {"spec": cfg.weights, "id": wid},
-        "seed": cfg.seed, "precision": cfg.precision, "backend": backend, "emulated": emulated,
-        "engine": str(engine_file.relative_to(out)),
-        "input": {"name": "images", "shape": [-1, 3, size, size], "dtype": "float32"},
-        "output": {"name": "features", "dtype": "float32"},
-        "preprocess": preprocess.to_dict(),
-        "files": {k: file_entry(Path(v), out) for k, v in files.items()},
-        "versions": library_versions(), "timings": t.as_dict(), **extra_manifest,
-    }
-    manifest["cut"]["features"] = _n_features(module, size)
-    write_manifest(out, manifest)
-    return _summary(out, manifest, rebuilt=True, timings=t)
+def _build_artifact(cfg: BuildConfig, r: Recipe, backend: str, files: dict, extra: dict, t: Timings) -> Path:
+    """The file the backend runs (adds its new files and manifest entries to `files` and `extra`)."""
+    from engine.backends import build_artifact, onnx_file_key
+
+    with t(f"build_{backend}"):
+        artifact, new_files, new_extra = build_artifact(backend, files[onnx_file_key(cfg.precision, backend)], r.out,
+                                                        cfg.precision, r.input_size, cfg.batch_size, cfg.max_batch)
+    files.update(new_files)
+    extra.update(new_extra)
+    return artifact
+
+
+def _emulated(backend: str, precision: str) -> bool:
+    from engine.backends import emulated
+
+    return emulated(backend, precision)
 
 
 def _n_features(module, size: int) -> int:
@@ -189,20 +230,18 @@ def _n_features(module, size: int) -> int:
         return int(module(torch.zeros(1, 3, size, size)).shape[1])
 
 
-def _cpu_only() -> bool:
-    try:
-        import onnxruntime as ort
-
-        return "CUDAExecutionProvider" not in ort.get_available_providers()
-    except ImportError:
-        return True
+def artifact_of(manifest: dict) -> str:
+    """The manifest's artifact path (relative); builds made before the rename call it "engine"."""
+    return manifest.get("artifact") or manifest["engine"]
 
 
 def _summary(out: Path, manifest: dict, rebuilt: bool, timings: Timings) -> dict:
+    from engine.backends import onnx_file_key
+
     return {
         "build_dir": str(out),
-        "onnx": str(out / manifest["files"][_main_onnx(manifest)]["path"]),
-        "engine": str(out / manifest["engine"]),
+        "onnx": str(out / manifest["files"][onnx_file_key(manifest["precision"], manifest["backend"])]["path"]),
+        "artifact": str(out / artifact_of(manifest)),
         "precision": manifest["precision"], "backend": manifest["backend"],
         "emulated": manifest["emulated"], "model": manifest["model"], "cut": manifest["cut"]["name"],
         "features": manifest["cut"]["features"], "rebuilt": rebuilt,
@@ -210,14 +249,3 @@ def _summary(out: Path, manifest: dict, rebuilt: bool, timings: Timings) -> dict
         "calibration": manifest.get("calibration", {}).get("summary"),
         "timings": timings.as_dict(),
     }
-
-
-def _main_onnx(manifest: dict) -> str:
-    p = manifest["precision"]
-    if p == "int8":
-        return "onnx_int8_tensorrt" if manifest["backend"] == "tensorrt" else "onnx_int8_onnxruntime"
-    return f"onnx_{p}"
-
-
-def config_dict(cfg: EngineConfig) -> dict:
-    return asdict(cfg)

@@ -1,11 +1,14 @@
 """`otl evaluate / predict`: a saved model on images, scored on exactly the split it held out.
 
+evaluate(EvaluateConfig) and predict(PredictConfig) are the API behind the two commands.
+
 A model file records the split it was fitted on (split_record: source, layout, seed, fractions and
 a hash of each split's file list). evaluate() re-creates that split from the same folder and
 seed, checks the hashes, and refuses a folder that changed or a split that overlaps training.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -67,54 +70,74 @@ def check_split(rec: dict | None, source: dict, split: str) -> None:
             "--no-split-check scores other data anyway")
 
 
-def evaluate(model_path, data=None, engine=None, batch_size=32, workers=None, threads=None, seed=None,
-             test_fraction=None, strict=False, progress=None, split="test", check=True) -> dict:
-    """Accuracy of a saved model on `split` (default: the test split the fit held out).
+@dataclass
+class EvaluateConfig:
+    model: str  # a model file (`otl fit --out`)
+    data: str | None = None  # None: the fit's recorded data folder (or the digits)
+    build: str | None = None  # None: the build recorded in the model
+    split: str = "test"  # train | validation | test
+    seed: int | None = None  # None: the fit's recorded split seed
+    test_fraction: float | None = None  # None: the fit's recorded fraction
+    check: bool = True  # False: score other data than the fit's held-out split (a new test set)
+    strict: bool = False
+    batch_size: int = 32
+    workers: int | None = None
+    threads: int | None = None
+    progress: bool | None = None
 
-    data/seed/test_fraction default to the fit's recorded values; check=False scores other data
-    (a new test set) without the split checks.
-    """
+
+def evaluate(cfg: EvaluateConfig) -> dict:
+    """Accuracy of a saved model on `cfg.split` (default: the test split the fit held out)."""
     from engine.data import load_splits
     from engine.featurize import Featurizer
     from engine.train import _accuracy, load_model
 
     t = Timings()
-    m = load_model(model_path)
-    eng = m.engine(engine, threads)
+    m = load_model(cfg.model)
+    build = m.build(cfg.build, cfg.threads)
     recorded = m.meta.get("split")
-    rec = recorded if check else None
-    data, seed, test_fraction, vf = _recorded_args(recorded, data, seed, test_fraction, None)
-    check_overlap(rec, split)
-    splits = load_splits(data, eng.preprocess, test_fraction=test_fraction, validation_fraction=vf, seed=seed,
-                         strict=strict)
-    check_split(rec, splits.source, split)
-    ds = getattr(splits, split)
+    rec = recorded if cfg.check else None
+    data, seed, test_fraction, vf = _recorded_args(recorded, cfg.data, cfg.seed, cfg.test_fraction, None)
+    check_overlap(rec, cfg.split)
+    splits = load_splits(data, build.preprocess, test_fraction=test_fraction, validation_fraction=vf, seed=seed,
+                         strict=cfg.strict)
+    check_split(rec, splits.source, cfg.split)
+    ds = getattr(splits, cfg.split)
     if ds is None:
-        raise ValueError(f"the data has no {split} split; pass a DIR with {split}/ or a DIR/<class>/* layout")
+        raise ValueError(f"the data has no {cfg.split} split; pass a DIR with {cfg.split}/ or a DIR/<class>/* layout")
     unseen = sorted(set(splits.classes) - set(m.classifier.classes_))
     if unseen:
-        raise ValueError(f"{split} data has classes never seen in training: {unseen} "
+        raise ValueError(f"{cfg.split} data has classes never seen in training: {unseen} "
                          f"(the model knows {m.classifier.classes_})")
     remap = np.array([m.classifier.classes_.index(c) for c in splits.classes])
-    with Featurizer(eng, batch_size, workers, progress) as f:
-        acc, total = _accuracy(m.classifier, f.featurize(ds, desc=f"evaluate {split}"), False, remap)
+    with Featurizer(build, cfg.batch_size, cfg.workers, cfg.progress) as f:
+        acc, total = _accuracy(m.classifier, f.featurize(ds, desc=f"evaluate {cfg.split}"), False, remap)
     t.seconds.update(m.classifier.timings_.seconds)
-    return {"accuracy": acc, "n": total, "split": split, "model": str(model_path),
-            "split_checked": bool(rec), "engine": eng.describe(), "timings": t.as_dict()}
+    return {"accuracy": acc, "n": total, "split": cfg.split, "model": str(cfg.model),
+            "split_checked": bool(rec), "build": build.describe(), "timings": t.as_dict()}
 
 
-def predict_files(model_path, images: list[str], engine=None, threads=None) -> list[dict]:
+@dataclass
+class PredictConfig:
+    model: str  # a model file (`otl fit --out`)
+    images: list  # image file paths
+    build: str | None = None  # None: the build recorded in the model
+    threads: int | None = None
+
+
+def predict(cfg: PredictConfig) -> list[dict]:
+    """One row per image: {"image", "class", "score"}; score is the ridge decision value of the class."""
     from engine.data import Preprocess, load_rgb
     from engine.train import load_model
 
-    m = load_model(model_path)
-    eng = m.engine(engine, threads)
-    pre: Preprocess = eng.preprocess
-    x = np.stack([pre(load_rgb(p)) for p in images]).astype(np.float32)
-    with eng.runner() as r:
+    m = load_model(cfg.model)
+    build = m.build(cfg.build, cfg.threads)
+    pre: Preprocess = build.preprocess
+    x = np.stack([pre(load_rgb(p)) for p in cfg.images]).astype(np.float32)
+    with build.runner() as r:
         scores = to_host(m.classifier.decision_function(r.infer(x)))
     out = []
-    for p, s in zip(images, scores):
+    for p, s in zip(cfg.images, scores):
         i = int(np.argmax(s))
         out.append({"image": str(p), "class": m.classifier.classes_[i], "score": float(s[i])})
     return out

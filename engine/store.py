@@ -1,7 +1,8 @@
 """Feature store: featurize once, fit many projections and alphas.
 
-A folder with, per split, `<split>.features.bin` (raw rows, memory-mapped when read) and
-`<split>.labels.npy`, plus a manifest naming the engine (its key), the format and the encoder.
+A folder with, per split, `<split>.features.bin` (raw rows; training reads them sequentially,
+`raw()` maps them) and `<split>.labels.npy`, plus a manifest naming the build that made them (its
+key), the format and the encoder.
 Formats: `bits` (binarized and bit-packed, k/8 bytes a row: what training consumes), `float16`
 and `float32` (raw features, for other encoders or inspection). The folder is written under a
 temporary name and renamed when complete: a half-written store is never read.
@@ -22,6 +23,18 @@ FORMATS = ("bits", "float16", "float32")
 THRESHOLDS_FILE = "encoder.thresholds.npy"
 
 
+def check_request(fmt: str, encoder):
+    """The parsed encoder, once `fmt` and it are known to make a store (checked before any work)."""
+    from kernels.encode import parse_encoder
+
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown feature store format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    enc = parse_encoder(encoder)
+    if fmt == "bits" and not enc.binary:
+        raise ValueError("encoder 'none' makes floats, not bits: write --format float16 or float32 instead")
+    return enc
+
+
 def write_store(path, featurizer, splits: dict, fmt: str = "bits", encoder=None,
                 classes: list[str] | None = None, source: dict | None = None, seed: int = 0) -> dict:
     """Featurize each dataset in `splits` ({"train": ds, ...}) into a store at `path`.
@@ -31,13 +44,9 @@ def write_store(path, featurizer, splits: dict, fmt: str = "bits", encoder=None,
     train is larger than the sample (encode.with_sample_first), and saves them in the store.
     Float stores keep the raw features: any encoder can be fitted on them later.
     """
-    from kernels.encode import DEFAULT_SPEC, fit_on_first_rows, packbits, parse_encoder, with_sample_first
+    from kernels.encode import DEFAULT_SPEC, fit_on_first_rows, packbits, with_sample_first
 
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown feature store format {fmt!r}; expected one of {', '.join(FORMATS)}")
-    enc = parse_encoder(DEFAULT_SPEC if encoder is None else encoder)
-    if fmt == "bits" and not enc.binary:
-        raise ValueError("encoder 'none' makes floats, not bits: write --format float16 or float32 instead")
+    enc = check_request(fmt, DEFAULT_SPEC if encoder is None else encoder)
     fit_encoder = fmt == "bits" and enc.needs_fit and not enc.fitted
     if fit_encoder and splits.get("train") is None:
         raise ValueError(f"encoder {enc.spec} learns its thresholds on the train split, and there is none")
@@ -51,7 +60,7 @@ def write_store(path, featurizer, splits: dict, fmt: str = "bits", encoder=None,
                 continue
             rows, labels = 0, []
             if name == "train" and fit_encoder:
-                ds = with_sample_first(ds, getattr(featurizer.engine, "n_features", None), seed)
+                ds = with_sample_first(ds, getattr(featurizer.build, "n_features", None), seed)
             stream = featurizer.featurize(ds, desc=f"featurize {name}")
             if name == "train" and fit_encoder:
                 stream = fit_on_first_rows(enc, stream)
@@ -75,12 +84,12 @@ def write_store(path, featurizer, splits: dict, fmt: str = "bits", encoder=None,
         if fmt == "bits" and enc.thresholds_ is not None:
             np.save(tmp / THRESHOLDS_FILE, enc.thresholds_)
             files[THRESHOLDS_FILE] = file_entry(tmp / THRESHOLDS_FILE, tmp)
-        engine = featurizer.engine.describe() if featurizer.engine is not None else None
+        build = featurizer.build.describe() if featurizer.build is not None else None
         manifest = {
             "kind": "otl-feature-store", "format": fmt, "encoder": enc.to_dict() if fmt == "bits" else None,
             "encoder_stats": enc.stats_ if fmt == "bits" else None, "n_features": n_features,
             "row_bytes": _row_bytes(fmt, n_features), "splits": split_info, "classes": classes,
-            "engine": engine, "source": source, "files": files,
+            "build": build, "source": source, "files": files,
         }
         write_manifest(tmp, manifest)
         if path.exists():  # replace a previous store only once the new one is complete
@@ -105,37 +114,43 @@ def _row_bytes(fmt: str, k: int | None) -> int | None:
 
 
 class FeatureStore:
-    """Read side: memory-mapped features per split, labels, and batch iteration."""
+    """Read side: features per split (sequential reads, or a memory map), labels, batch iteration.
 
-    def __init__(self, path, engine_key: str | None = None):
+    build_key: refuse a store made by another build."""
+
+    def __init__(self, path, build_key: str | None = None):
         self.root = Path(path)
         self.manifest = read_manifest(self.root, "feature store")
         if self.manifest.get("kind") != "otl-feature-store":
             raise ArtifactError(f"{self.root} is not a feature store (manifest kind {self.manifest.get('kind')!r})")
-        eng = self.manifest.get("engine") or {}
-        if engine_key is not None and eng.get("key") != engine_key:
+        made_by = self.build_info
+        if build_key is not None and made_by.get("key") != build_key:
             raise ArtifactError(
-                f"feature store {self.root} was made by engine {eng.get('build_dir')} (key {str(eng.get('key'))[:12]}), "
-                f"not by the engine asked for (key {engine_key[:12]}); featurize again with that engine"
+                f"feature store {self.root} was made by build {made_by.get('build_dir')} (key {str(made_by.get('key'))[:12]}), "
+                f"not by the build asked for (key {build_key[:12]}); featurize again with that build"
             )
         self.format = self.manifest["format"]
         self.n_features = self.manifest["n_features"]
         self.classes = self.manifest.get("classes")
 
     @property
+    def build_info(self) -> dict:
+        """The describe() of the build that made the features ({} for features from elsewhere);
+        stores written before the rename call it "engine"."""
+        return self.manifest.get("build") or self.manifest.get("engine") or {}
+
+    @property
     def splits(self) -> list[str]:
         return list(self.manifest["splits"])
 
     def rows(self, split: str) -> int:
+        if split not in self.manifest["splits"]:
+            raise ArtifactError(f"split {split!r} is not in feature store {self.root}; it has {', '.join(self.splits)}")
         return int(self.manifest["splits"][split]["rows"])
 
     def raw(self, split: str) -> np.ndarray:
         """The stored rows, memory-mapped: (n, k/8) uint8 for bits, (n, k) float otherwise."""
-        if split not in self.manifest["splits"]:
-            raise KeyError(f"split {split!r} is not in store {self.root}; it has {self.splits}")
-        n, rb = self.rows(split), self.manifest["row_bytes"] or 0
-        dtype = np.uint8 if self.format == "bits" else np.dtype(self.format)
-        width = rb if self.format == "bits" else self.n_features
+        n, width, dtype = self.rows(split), self.raw_width, self.raw_dtype
         if n == 0:
             return np.zeros((0, width), dtype)
         return np.memmap(self.root / f"{split}.features.bin", dtype=dtype, mode="r", shape=(n, width))
@@ -192,8 +207,7 @@ class FeatureStore:
     def _read_blocks(self, split: str, batch_size: int):
         """Sequential reads into fresh buffers: unlike a memory map, pages already consumed do not
         stay mapped into the process, so a pass over the store runs in O(batch) memory."""
-        n, width = self.rows(split), self.raw_width
-        dtype = np.uint8 if self.format == "bits" else np.dtype(self.format)
+        n, width, dtype = self.rows(split), self.raw_width, self.raw_dtype
         with open(self.root / f"{split}.features.bin", "rb") as f:
             for i in range(0, n, batch_size):
                 rows = min(batch_size, n - i)
@@ -202,8 +216,13 @@ class FeatureStore:
 
     @property
     def raw_width(self) -> int:
+        """Stored values a row: bytes of packed bits, or features."""
         return self.manifest["row_bytes"] if self.format == "bits" else self.n_features
+
+    @property
+    def raw_dtype(self) -> np.dtype:
+        return np.dtype(np.uint8) if self.format == "bits" else np.dtype(self.format)
 
     def describe(self) -> dict:
         return {"path": str(self.root), **{k: self.manifest[k] for k in ("format", "n_features", "splits")},
-                "encoder": self.manifest["encoder"], "engine": (self.manifest.get("engine") or {}).get("key")}
+                "encoder": self.manifest["encoder"], "build": self.build_info.get("key")}

@@ -1,9 +1,9 @@
-"""`otl fit / evaluate / predict`: the gradient-free training job over an engine or a feature store.
+"""`otl fit`: the gradient-free training job over a build (features on the fly) or a feature store.
 
-One streaming pass: engine features -> bits -> y = |xR|^2 -> normal equations, batch by batch.
+One streaming pass: build features -> bits -> y = |xR|^2 -> normal equations, batch by batch.
 Alpha is chosen without wasting rows (exact leave-one-out, K-fold from statistics, or a holdout on
 validation/), then the final model is solved on every training row. The saved model file names its
-engine (folder and manifest key), the split it was trained on (hashes of each split's files), and
+build (folder and manifest key), the split it was trained on (hashes of each split's files), and
 holds the classifier; `evaluate` scores exactly the held-out split of the fit.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 from engine.classifier import ModelFileError, TransferClassifier, load_npz, save_npz
-from engine.evaluate import evaluate, predict_files, split_record  # noqa: F401  (evaluate's home; re-exported)
+from engine.evaluate import split_record
 from engine.timing import Timings
 from kernels.xp import to_host
 from kernels.encode import DEFAULT_SPEC
@@ -26,7 +26,7 @@ DEFAULT_ENCODE = DEFAULT_SPEC
 
 @dataclass
 class FitConfig:
-    engine: str | None = None  # an engine build folder
+    build: str | None = None  # a build folder (`otl engines --out`)
     features: str | None = None  # or a feature store (featurize once, fit many)
     data: str | None = None  # None: embedded digits
     n_components: int = 4000
@@ -74,10 +74,10 @@ def fit(cfg: FitConfig) -> tuple[TransferClassifier, dict]:
     t = clf.timings_
     if cfg.features:
         src = _StoreSource(cfg, t, encoder, store)
-    elif cfg.engine:
-        src = _EngineSource(cfg, t, encoder)
+    elif cfg.build:
+        src = _BuildSource(cfg, t, encoder)
     else:
-        raise ValueError("fit needs --engine BUILD_DIR (an `otl engines` folder) or --features STORE")
+        raise ValueError("fit needs --build BUILD_DIR (an `otl engines` folder) or --features STORE")
     with src:
         clf.fit_stream(src.batches("train"), classes=src.classes, validation=src.validation(),
                        encoded=src.encoded)
@@ -94,23 +94,22 @@ def fit(cfg: FitConfig) -> tuple[TransferClassifier, dict]:
         "n_final": clf.n_final_, "n_test": n_test,
         "n_components": cfg.n_components if cfg.projection != "none" else None, "projection": cfg.projection,
         "encoder": clf.encoder_.spec, "solver": clf.solver_, "classes": clf.classes_,
-        "engine": src.engine_info, "validation_source": src.validation_source if clf.n_validation_ else None,
-        "split": split, "recipe": recipe(src.engine_info, clf, cfg),
+        "build": src.build_info, "validation_source": src.validation_source if clf.n_validation_ else None,
+        "split": split, "recipe": recipe(src.build_info, clf, cfg),
     }
-    t.add("featurize", 0.0)
     timings = t.as_dict()
     timings["total"] = round(time.perf_counter() - t0, 4)
     summary["timings"] = {k: timings.get(k, 0.0) for k in ("featurize", "encode", "project", "solve", "total")}
     summary["timings"].update({k: v for k, v in timings.items() if k not in summary["timings"]})
     if cfg.out:
-        save_model(cfg.out, clf, src.engine_info, src.engine_root, split)
+        save_model(cfg.out, clf, src.build_info, src.build_root, split)
         summary["model"] = cfg.out
     return clf, summary
 
 
-def recipe(engine_info: dict | None, clf: TransferClassifier, cfg: FitConfig) -> dict:
-    """What the features went through, from image to ridge: the engine's half and the fit's."""
-    eng = engine_info or {}
+def recipe(build_info: dict | None, clf: TransferClassifier, cfg: FitConfig) -> dict:
+    """What the features went through, from image to ridge: the build's half and the fit's."""
+    eng = build_info or {}
     made = eng.get("recipe") or {"pool": "none", "resize": "crop"}
     return {"model": eng.get("model"), "cut": eng.get("cut"), "pool": made.get("pool"), "resize": made.get("resize"),
             "precision": eng.get("precision"), "encoder": clf.encoder_.spec,
@@ -141,32 +140,32 @@ def _timed(iterable, t: Timings, stage: str):
         yield item
 
 
-class _EngineSource:
-    """Batches featurized on the fly by an engine; timings go to the classifier's Timings."""
+class _BuildSource:
+    """Batches featurized on the fly by a build; timings go to the classifier's Timings."""
 
     encoded = False
 
     def __init__(self, cfg: FitConfig, t: Timings, encoder):
         from engine.data import load_splits
-        from engine.runtime import Engine
+        from engine.build_folder import Build
         from kernels.encode import with_sample_first
 
         self.cfg, self.t = cfg, t
-        self.engine = Engine(cfg.engine, threads=cfg.threads)
-        self.splits = load_splits(cfg.data, self.engine.preprocess, test_fraction=cfg.test_fraction,
+        self.build = Build(cfg.build, threads=cfg.threads)
+        self.splits = load_splits(cfg.data, self.build.preprocess, test_fraction=cfg.test_fraction,
                                   validation_fraction=cfg.carve_fraction(), seed=cfg.seed, strict=cfg.strict)
         self.classes = self.splits.classes
-        self.engine_info, self.engine_root = self.engine.describe(), self.engine.root
+        self.build_info, self.build_root = self.build.describe(), self.build.root
         self.train, self.val = self.splits.train, self.splits.validation
         if encoder.needs_fit and not encoder.fitted:  # thresholds from the first rows: make them a uniform sample
-            self.train = with_sample_first(self.train, self.engine.n_features, cfg.seed)
+            self.train = with_sample_first(self.train, self.build.n_features, cfg.seed)
         self.validation_source = self.splits.source.get("validation_source")
         self.split = split_record(self.splits.source)
 
     def __enter__(self):
         from engine.featurize import Featurizer
 
-        self.featurizer = Featurizer(self.engine, self.cfg.batch_size, self.cfg.workers, self.cfg.progress)
+        self.featurizer = Featurizer(self.build, self.cfg.batch_size, self.cfg.workers, self.cfg.progress)
         self.featurizer.__enter__()
         return self
 
@@ -193,9 +192,9 @@ class _StoreSource:
             with t("encoder_statistics"):  # a uniform row sample of the stored train split, one read
                 encoder.fit(self.store.sample("train"))
         self.classes = self.store.classes
-        eng = self.store.manifest.get("engine") or {}
-        self.engine_info = eng
-        self.engine_root = Path(eng["build_dir"]) if eng.get("build_dir") else None
+        made_by = self.store.build_info
+        self.build_info = made_by
+        self.build_root = Path(made_by["build_dir"]) if made_by.get("build_dir") else None
         self.validation_source = None
         if self.has("validation"):
             self.validation_source = (self.store.manifest.get("source") or {}).get("validation_source") or "validation"
@@ -221,11 +220,11 @@ class _StoreSource:
 # ----------------------------------------------------------------------------- model files
 
 
-def save_model(path, clf: TransferClassifier, engine_info: dict, engine_root, split: dict | None = None) -> Path:
-    """The classifier plus its engine reference and the split it was trained on, one .npz."""
+def save_model(path, clf: TransferClassifier, build_info: dict, build_root, split: dict | None = None) -> Path:
+    """The classifier plus its build reference and the split it was trained on, one .npz."""
     meta, arrays = clf.state()
-    meta = dict(meta, format="otl-model", engine=engine_info, split=split,
-                engine_dir=str(Path(engine_root).resolve()) if engine_root else None)
+    meta = dict(meta, format="otl-model", build=build_info, split=split,
+                build_dir=str(Path(build_root).resolve()) if build_root else None)
     return save_npz(path, meta, arrays)
 
 
@@ -234,27 +233,34 @@ class LoadedModel:
     classifier: TransferClassifier
     meta: dict
 
-    def engine(self, build_dir=None, threads=None):
-        """The engine that made the training features; refuses one whose manifest key differs."""
-        from engine.runtime import Engine
+    @property
+    def build_info(self) -> dict:
+        """The describe() of the build the model was trained on; files written before the rename
+        call it "engine" (and its folder "engine_dir")."""
+        return self.meta.get("build") or self.meta.get("engine") or {}
 
-        root = build_dir or self.meta.get("engine_dir")
+    def build(self, build_dir=None, threads=None):
+        """The build that made the training features; refuses one whose manifest key differs."""
+        from engine.build_folder import Build
+
+        root = build_dir or self.meta.get("build_dir") or self.meta.get("engine_dir")
         if not root:
-            raise ModelFileError("this model was trained from a feature store without an engine reference; "
-                                 "pass --engine BUILD_DIR")
-        eng = Engine(root, threads=threads)
-        want = (self.meta.get("engine") or {}).get("key")
-        if want and eng.key != want:
+            raise ModelFileError("this model was trained from a feature store without a build reference; "
+                                 "pass --build BUILD_DIR")
+        made = Build(root, threads=threads)
+        info = self.build_info
+        want = info.get("key")
+        if want and made.key != want:
             raise ModelFileError(
-                f"engine {root} (key {eng.key[:12]}) is not the engine this model was trained with "
-                f"(key {want[:12]}: {self.meta['engine'].get('model')} {self.meta['engine'].get('cut')} "
-                f"{self.meta['engine'].get('precision')}); rebuild that engine or retrain"
+                f"build {root} (key {made.key[:12]}) is not the build this model was trained with "
+                f"(key {want[:12]}: {info.get('model')} {info.get('cut')} {info.get('precision')}); "
+                "rebuild it with the same settings or retrain"
             )
-        return eng
+        return made
 
 
 def load_model(path) -> LoadedModel:
     meta, arrays = load_npz(path)
     if meta.get("format") != "otl-model":
-        raise ModelFileError(f"{path} holds a bare classifier, not an otl model with its engine")
+        raise ModelFileError(f"{path} holds a bare classifier, not an otl model with its build")
     return LoadedModel(TransferClassifier.from_state(meta, arrays), meta)

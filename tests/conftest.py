@@ -5,19 +5,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-CLOTHING = SHARED / "data" / "clothing"
-MOBILENET_WEIGHTS = SHARED / "weights" / "torchvision" / "mobilenet_v2-b0353104.pth"
-
-# Tiny but real: a random-init DenseNet-121 cut after transition1 on 64x64 inputs, the full map
-# (128 x 8 x 8 = 8,192 features: pool "none", the reference's recipe).
-TINY = dict(model="densenet121", cut="transition1", weights="random", input_size=64, pool="none")
-
-
-def needs_shared(*paths: Path):
-    missing = [str(p) for p in paths if not p.exists()]
-    return pytest.mark.skipif(bool(missing), reason=f"needs ../shared ({', '.join(missing)} absent)")
+from helpers import CLOTHING, MOBILENET_WEIGHTS, REPO, SHARED, TINY, needs_shared  # noqa: F401
 
 
 @pytest.fixture(scope="session")
@@ -40,12 +28,12 @@ def with_torch_home(torch_home, monkeypatch):
 
 @pytest.fixture(scope="session")
 def tiny_engine(tmp_path_factory):
-    """(build summary, EngineConfig) of a tiny fp32 engine, built once per session."""
-    from engine.build import EngineConfig, build_engine
+    """(build summary, BuildConfig) of a tiny fp32 engine, built once per session."""
+    from engine.build import BuildConfig, make_build
 
     out = tmp_path_factory.mktemp("engines") / "tiny-fp32"
-    cfg = EngineConfig(**TINY, precision="fp32", backend="onnxruntime", out=str(out), threads=2)
-    return build_engine(cfg), cfg
+    cfg = BuildConfig(**TINY, precision="fp32", backend="onnxruntime", out=str(out), threads=2)
+    return make_build(cfg), cfg
 
 
 @pytest.fixture(scope="session")

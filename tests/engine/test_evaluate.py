@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from engine.evaluate import SplitMismatchError
-from engine.train import FitConfig, evaluate, fit
+from engine.evaluate import EvaluateConfig, evaluate
+from engine.train import FitConfig, fit
 
 
 def _photos(root: Path, n_per_class=12, classes=("red", "green", "blue"), seed=0) -> Path:
@@ -27,7 +28,7 @@ def fitted(tiny_engine, tmp_path):
     res, _ = tiny_engine
     data = _photos(tmp_path / "photos")
     model = tmp_path / "m.npz"
-    _, s = fit(FitConfig(engine=res["build_dir"], data=str(data), n_components=300, seed=3, test_fraction=0.25,
+    _, s = fit(FitConfig(build=res["build_dir"], data=str(data), n_components=300, seed=3, test_fraction=0.25,
                          out=str(model), progress=False, workers=0))
     return data, model, s
 
@@ -35,20 +36,20 @@ def fitted(tiny_engine, tmp_path):
 def test_evaluate_rescores_the_fits_own_test_split(fitted):
     data, model, s = fitted
     assert s["split"]["seed"] == 3 and s["split"]["trained_on"] == ["train"] and s["n_test"] == 9
-    ev = evaluate(model, workers=0, progress=False)  # no --data, no --seed: the recorded ones
+    ev = evaluate(EvaluateConfig(model, workers=0, progress=False))  # no --data, no --seed: the recorded ones
     assert ev["split_checked"] and ev["n"] == s["n_test"]
     assert ev["accuracy"] == pytest.approx(s["test_accuracy"])
     # the default seed 0 would be another split of the same folder: refused, not silently scored
     with pytest.raises(SplitMismatchError, match=r"not the one this model held out.*--seed"):
-        evaluate(model, data=str(data), seed=0, workers=0, progress=False)
+        evaluate(EvaluateConfig(model, data=str(data), seed=0, workers=0, progress=False))
 
 
 def test_changed_folder_is_refused(fitted):
     data, model, _ = fitted
     (data / "red" / "00.png").unlink()
     with pytest.raises(SplitMismatchError, match=r"files or labels changed since the fit"):
-        evaluate(model, workers=0, progress=False)
-    ev = evaluate(model, workers=0, progress=False, check=False)  # explicitly other data
+        evaluate(EvaluateConfig(model, workers=0, progress=False))
+    ev = evaluate(EvaluateConfig(model, workers=0, progress=False, check=False))  # explicitly other data
     assert not ev["split_checked"] and ev["n"] > 0
 
 
@@ -57,7 +58,7 @@ def test_split_that_overlaps_training_is_refused(fitted, capsys):
 
     _, model, _ = fitted
     with pytest.raises(SplitMismatchError, match=r"the train split overlaps the rows this model was fitted on"):
-        evaluate(model, split="train", workers=0)
+        evaluate(EvaluateConfig(model, split="train", workers=0))
     assert main(["evaluate", "--model", str(model), "--split", "train", "--json", "--workers", "0"]) == 2
     assert "overlaps the rows this model was fitted on" in json.loads(capsys.readouterr().out)["error"]
 
@@ -66,13 +67,13 @@ def test_validation_merged_into_the_model_is_training(tiny_engine, tmp_path):
     res, _ = tiny_engine
     data = _photos(tmp_path / "photos")
     model = tmp_path / "m.npz"
-    _, s = fit(FitConfig(engine=res["build_dir"], data=str(data), n_components=300, validation_fraction=0.2,
+    _, s = fit(FitConfig(build=res["build_dir"], data=str(data), n_components=300, validation_fraction=0.2,
                          out=str(model), progress=False, workers=0))
     assert s["select"] == "holdout" and s["split"]["trained_on"] == ["train", "validation"]
     assert s["n_final"] == s["n_train"] + s["n_validation"]
     with pytest.raises(SplitMismatchError, match=r"validation split overlaps"):
-        evaluate(model, split="validation", workers=0)
-    assert evaluate(model, workers=0, progress=False)["accuracy"] == pytest.approx(s["test_accuracy"])
+        evaluate(EvaluateConfig(model, split="validation", workers=0))
+    assert evaluate(EvaluateConfig(model, workers=0, progress=False))["accuracy"] == pytest.approx(s["test_accuracy"])
 
 
 def test_model_written_before_splits_were_recorded_still_evaluates(fitted, tmp_path):
@@ -86,7 +87,7 @@ def test_model_written_before_splits_were_recorded_still_evaluates(fitted, tmp_p
     meta["format_version"] = 1
     old = tmp_path / "old.npz"
     save_npz(old, meta, arrays)
-    ev = evaluate(old, data=str(data), seed=3, test_fraction=0.25, workers=0, progress=False)
+    ev = evaluate(EvaluateConfig(old, data=str(data), seed=3, test_fraction=0.25, workers=0, progress=False))
     assert not ev["split_checked"] and ev["accuracy"] == pytest.approx(s["test_accuracy"])
 
 
@@ -101,13 +102,13 @@ def test_store_without_validation_fits_and_records_its_split(tiny_engine, tmp_pa
     model = tmp_path / "m.npz"
     _, s = fit(FitConfig(features=str(store), n_components=300, progress=False, out=str(model)))
     assert s["select"] == "loo" and s["split"]["seed"] == 3 and s["split"]["store"] == str(store)
-    ev = evaluate(model, workers=0, progress=False)  # through the engine, on the store's recorded split
+    ev = evaluate(EvaluateConfig(model, workers=0, progress=False))  # through the engine, on the store's recorded split
     assert ev["split_checked"] and ev["accuracy"] == pytest.approx(s["test_accuracy"])
     (data / "green" / "03.png").unlink()  # the folder the store was made from changed since
     with pytest.raises(SplitMismatchError, match=r"changed since the fit"):
-        evaluate(model, workers=0, progress=False)
+        evaluate(EvaluateConfig(model, workers=0, progress=False))
     _photos(data)  # restore it
-    direct = fit(FitConfig(engine=res["build_dir"], data=str(data), n_components=300, seed=3, test_fraction=0.25,
+    direct = fit(FitConfig(build=res["build_dir"], data=str(data), n_components=300, seed=3, test_fraction=0.25,
                            progress=False, workers=0))[1]
     assert s["split"]["split_hashes"] == direct["split"]["split_hashes"]
     assert s["test_accuracy"] == pytest.approx(direct["test_accuracy"])

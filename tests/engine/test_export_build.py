@@ -13,17 +13,11 @@ import torch
 
 from engine.artifacts import ArtifactError, read_manifest
 from engine.backbones import build_cut
-from engine.build import BuildError, EngineConfig, build_engine
-from engine.runners import RunnerError, make_runner
-from engine.runtime import Engine
+from engine.build import BuildError, BuildConfig, make_build
+from engine.backends import RunnerError, make_runner
+from engine.build_folder import Build
 
-from conftest import REPO, TINY
-
-
-def _torch_features(cfg: EngineConfig, x: np.ndarray) -> np.ndarray:
-    module, _ = build_cut(cfg.model, cfg.cut, cfg.weights, cfg.seed)
-    with torch.no_grad():
-        return module(torch.from_numpy(x)).numpy()
+from helpers import REPO, TINY, torch_features
 
 
 def test_onnx_fp32_matches_torch(tiny_engine):
@@ -32,8 +26,8 @@ def test_onnx_fp32_matches_torch(tiny_engine):
     onnx.checker.check_model(model)
     assert model.opset_import[0].version >= 17
     x = np.random.default_rng(0).standard_normal((5, 3, 64, 64), dtype=np.float32)  # batch 5: dynamic axis
-    ref = _torch_features(cfg, x)
-    with make_runner("onnxruntime", res["engine"], threads=2) as r:
+    ref = torch_features(cfg, x)
+    with make_runner("onnxruntime", res["artifact"], threads=2) as r:
         got = r.infer(x)
         one = r.infer(x[:1])
     scale = np.abs(ref).max()
@@ -49,14 +43,14 @@ FP16_TOL = 1e-2
 
 def test_fp16_graph_agrees_with_fp32(tmp_path, tiny_engine):
     res32, cfg = tiny_engine
-    res = build_engine(EngineConfig(**TINY, precision="fp16", backend="onnxruntime", out=str(tmp_path / "b16")))
+    res = make_build(BuildConfig(**TINY, precision="fp16", backend="onnxruntime", out=str(tmp_path / "b16")))
     assert res["emulated"] and res["precision"] == "fp16"
     model = onnx.load(res["onnx"])
     inits = {i.data_type for i in model.graph.initializer}
     assert onnx.TensorProto.FLOAT16 in inits  # the graph body is fp16 ...
     assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # ... its I/O fp32
     x = np.random.default_rng(1).standard_normal((4, 3, 64, 64), dtype=np.float32)
-    with make_runner("onnxruntime", res["engine"]) as r16, make_runner("onnxruntime", res32["engine"]) as r32:
+    with make_runner("onnxruntime", res["artifact"]) as r16, make_runner("onnxruntime", res32["artifact"]) as r32:
         a, b = r16.infer(x), r32.infer(x)
     assert a.dtype == np.float32
     assert np.abs(a - b).max() <= FP16_TOL * np.abs(b).max()
@@ -68,8 +62,8 @@ def test_fp16_graph_agrees_with_fp32(tmp_path, tiny_engine):
 def test_build_is_cached_and_manifest_complete(tiny_engine):
     res, cfg = tiny_engine
     assert res["rebuilt"]
-    again = build_engine(cfg)
-    assert again["rebuilt"] is False and again["engine"] == res["engine"]
+    again = make_build(cfg)
+    assert again["rebuilt"] is False and again["artifact"] == res["artifact"]
     m = read_manifest(Path(res["build_dir"]))
     for k in ("key", "model", "cut", "weights", "precision", "preprocess", "files", "versions", "input"):
         assert k in m
@@ -80,19 +74,19 @@ def test_build_is_cached_and_manifest_complete(tiny_engine):
 
 def test_changed_request_rebuilds(tmp_path):
     out = tmp_path / "b"
-    cfg = EngineConfig(model="densenet121", cut="pool0", weights="random", input_size=32, out=str(out),
+    cfg = BuildConfig(model="densenet121", cut="pool0", weights="random", input_size=32, out=str(out),
                        backend="onnxruntime")
-    k1 = read_manifest(Path(build_engine(cfg)["build_dir"]))["key"]
+    k1 = read_manifest(Path(make_build(cfg)["build_dir"]))["key"]
     cfg.seed = 1
-    res = build_engine(cfg)
+    res = make_build(cfg)
     assert res["rebuilt"] and read_manifest(out)["key"] != k1
 
 
 def test_interrupted_build_is_never_picked_up(tmp_path, monkeypatch):
     out = tmp_path / "b"
-    cfg = EngineConfig(model="densenet121", cut="pool0", weights="random", input_size=32, out=str(out),
+    cfg = BuildConfig(model="densenet121", cut="pool0", weights="random", input_size=32, out=str(out),
                        backend="onnxruntime")
-    build_engine(cfg)
+    make_build(cfg)
     # A second build dies after the export: the old manifest is gone, so the folder is "being built".
     import engine.build as b
 
@@ -102,25 +96,25 @@ def test_interrupted_build_is_never_picked_up(tmp_path, monkeypatch):
     monkeypatch.setattr(b, "write_manifest", boom)
     cfg.force = True
     with pytest.raises(KeyboardInterrupt):
-        build_engine(cfg)
+        make_build(cfg)
     with pytest.raises(ArtifactError, match=r"no manifest.json.*interrupted"):
-        Engine(out)
+        Build(out)
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
     monkeypatch.undo()
     monkeypatch.setenv("OTL_OFFLINE", "1")
     cfg.force = False
-    assert build_engine(cfg)["rebuilt"]  # rebuilt, not reused
-    Engine(out)
+    assert make_build(cfg)["rebuilt"]  # rebuilt, not reused
+    Build(out)
 
 
 def test_truncated_engine_file_is_refused(tmp_path):
     out = tmp_path / "b"
-    res = build_engine(EngineConfig(model="densenet121", cut="pool0", weights="random", input_size=32,
+    res = make_build(BuildConfig(model="densenet121", cut="pool0", weights="random", input_size=32,
                                     out=str(out), backend="onnxruntime"))
-    with open(res["engine"], "r+b") as f:
+    with open(res["artifact"], "r+b") as f:
         f.truncate(100)
     with pytest.raises(ArtifactError, match=r"missing or has another size"):
-        Engine(out)
+        Build(out)
 
 
 @pytest.mark.parametrize("field,value,match", [
@@ -128,15 +122,15 @@ def test_truncated_engine_file_is_refused(tmp_path):
     ("backend", "openvino", r"unknown backend 'openvino'; expected one of auto, onnxruntime, tensorrt, torch"),
 ])
 def test_bad_requests(field, value, match):
-    cfg = EngineConfig(**TINY)
+    cfg = BuildConfig(**TINY)
     setattr(cfg, field, value)
     with pytest.raises(BuildError, match=match):
-        build_engine(cfg)
+        make_build(cfg)
 
 
 def test_tensorrt_requested_without_tensorrt():
     with pytest.raises(RunnerError, match=r"tensorrt.*otl\[gpu\].*--backend onnxruntime"):
-        build_engine(EngineConfig(**TINY, backend="tensorrt"))
+        make_build(BuildConfig(**TINY, backend="tensorrt"))
 
 
 def _otl(*args, env=None):
@@ -153,7 +147,7 @@ def test_cli_engines_json_prints_one_object(tiny_engine):
              "--pool", "none", "--backend", "onnxruntime", "--out", res["build_dir"], "--json")
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)  # exactly one JSON object, nothing else on stdout
-    assert {"onnx", "engine", "precision", "backend", "timings"} <= out.keys()
+    assert {"onnx", "artifact", "precision", "backend", "timings"} <= out.keys()
     assert out["rebuilt"] is False and out["timings"]["total"] > 0
 
 

@@ -11,30 +11,23 @@ from engine.artifacts import ArtifactError
 from engine.backbones import build_cut
 from engine.data import load_splits
 from engine.featurize import Featurizer
-from engine.runtime import Engine
+from engine.build_folder import Build
 from engine.store import FeatureStore, write_store
 
-from conftest import CLOTHING, MOBILENET_WEIGHTS, needs_shared
-
-
-def _torch_feats(cfg, ds):
-    module, _ = build_cut(cfg.model, cfg.cut, cfg.weights, cfg.seed)
-    xs = np.stack([ds[i][0] for i in range(len(ds))])
-    with torch.no_grad():
-        return module(torch.from_numpy(xs)).numpy()
+from helpers import CLOTHING, MOBILENET_WEIGHTS, needs_shared, torch_features
 
 
 @pytest.mark.parametrize("fmt", ["float32", "bits"])
 def test_store_matches_torch(tiny_engine, tmp_path, fmt):
     res, cfg = tiny_engine
-    eng = Engine(res["build_dir"], threads=2)
+    eng = Build(res["build_dir"], threads=2)
     splits = load_splits(None, eng.preprocess, test_fraction=0.5, seed=0)
     small = {"train": splits.train.select(range(40)), "test": splits.test.select(range(13))}
     with Featurizer(eng, batch_size=16, workers=0, progress=False) as f:
         manifest = write_store(tmp_path / "store", f, small, fmt=fmt, encoder="sign", classes=splits.classes)
     assert manifest["splits"] == {"train": {"rows": 40}, "test": {"rows": 13}}
-    store = FeatureStore(tmp_path / "store", engine_key=eng.key)
-    ref = _torch_feats(cfg, small["test"])
+    store = FeatureStore(tmp_path / "store", build_key=eng.key)
+    ref = torch_features(cfg, np.stack([x for x, _ in small["test"]]))
     got = np.concatenate([x for x, _ in store.iter_batches("test", batch_size=5)])
     np.testing.assert_array_equal(store.labels("test"), small["test"].labels)
     if fmt == "float32":
@@ -45,25 +38,25 @@ def test_store_matches_torch(tiny_engine, tmp_path, fmt):
         assert store.raw("test").shape == (13, 8192 // 8)  # packed: one bit a feature
 
 
-def test_store_from_another_engine_is_refused(tiny_engine, tmp_path):
+def test_store_from_another_build_is_refused(tiny_engine, tmp_path):
     res, _ = tiny_engine
-    eng = Engine(res["build_dir"])
+    eng = Build(res["build_dir"])
     splits = load_splits(None, eng.preprocess, test_fraction=0.5, seed=0)
     with Featurizer(eng, batch_size=8, workers=0, progress=False) as f:
         write_store(tmp_path / "s", f, {"train": splits.train.select(range(8))}, classes=splits.classes)
-    with pytest.raises(ArtifactError, match=r"was made by engine .* not by the engine asked for"):
-        FeatureStore(tmp_path / "s", engine_key="0" * 64)
+    with pytest.raises(ArtifactError, match=r"was made by build .* not by the build asked for"):
+        FeatureStore(tmp_path / "s", build_key="0" * 64)
 
 
 def test_interrupted_store_leaves_previous_intact(tiny_engine, tmp_path):
     res, _ = tiny_engine
-    eng = Engine(res["build_dir"])
+    eng = Build(res["build_dir"])
     splits = load_splits(None, eng.preprocess, test_fraction=0.5, seed=0)
     with Featurizer(eng, batch_size=8, workers=0, progress=False) as f:
         write_store(tmp_path / "s", f, {"train": splits.train.select(range(8))}, classes=splits.classes)
 
     class Dying:
-        engine = eng
+        build = eng
 
         def featurize(self, ds, desc=""):
             yield np.zeros((2, 8192), np.float32), np.zeros(2, np.int64)
@@ -79,10 +72,10 @@ def test_preprocessing_mismatch_is_refused(tiny_engine):
     from engine.data import IMAGENET_DEFAULT
 
     res, _ = tiny_engine
-    eng = Engine(res["build_dir"])
+    eng = Build(res["build_dir"])
     splits = load_splits(None, IMAGENET_DEFAULT, test_fraction=0.5)
     with Featurizer(eng, batch_size=8, workers=0, progress=False) as f:
-        with pytest.raises(ValueError, match=r"dataset preprocessing .* differs from the engine's"):
+        with pytest.raises(ValueError, match=r"dataset preprocessing .* differs from the build's"):
             next(f.featurize(splits.test))
 
 
@@ -109,7 +102,7 @@ def test_cli_featurize_clothing_with_imagenet_weights(tmp_path, with_torch_home,
     store = FeatureStore(out)
     # the default recipe: the 1280 x 7 x 7 map averaged over 2 x 2 overlapping bins, inside the engine
     assert store.n_features == 1280 * 2 * 2 and store.classes == ["hat", "shoes", "shorts"]
-    eng = Engine(store.manifest["engine"]["build_dir"])
+    eng = Build(store.build_info["build_dir"])
     assert eng.manifest["recipe"] == {"pool": "avg2", "resize": "crop"}
     splits = load_splits(data, eng.preprocess)
     module, _ = build_cut("mobilenet_v2", None, "imagenet", pool="avg2")

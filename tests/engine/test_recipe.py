@@ -12,14 +12,14 @@ from PIL import Image
 
 from engine.artifacts import ArtifactError, read_manifest
 from engine.backbones import BackboneError, build_cut, check_pool, list_cuts, pool_grid
-from engine.build import EngineConfig, build_engine
+from engine.build import BuildConfig, make_build
 from engine.classifier import EncoderWarning, TransferClassifier
-from engine.runners import make_runner
-from engine.runtime import Engine
+from engine.backends import make_runner
+from engine.build_folder import Build
 from kernels.encode import (Encoder, EncoderError, FeatureSample, fit_on_first_rows, parse_encoder, rank_error,
                             sample_first_order)
 
-from conftest import REPO, TINY
+from helpers import REPO, TINY
 
 
 def _pooled_torch(x: np.ndarray, n: int) -> np.ndarray:
@@ -32,7 +32,7 @@ def _pooled_torch(x: np.ndarray, n: int) -> np.ndarray:
 @pytest.fixture(scope="module")
 def pooled_engine(tmp_path_factory):
     out = tmp_path_factory.mktemp("pool") / "tiny-avg3"
-    return build_engine(EngineConfig(**dict(TINY, pool="avg3"), precision="fp32", backend="onnxruntime", out=str(out)))
+    return make_build(BuildConfig(**dict(TINY, pool="avg3"), precision="fp32", backend="onnxruntime", out=str(out)))
 
 
 def test_pooling_in_the_graph_equals_torch_adaptive_avg_pool(pooled_engine):
@@ -42,18 +42,18 @@ def test_pooling_in_the_graph_equals_torch_adaptive_avg_pool(pooled_engine):
     assert res["features"] == 128 * 3 * 3  # transition1 is 128 x 8 x 8 at 64 x 64: 3 x 3 bins overlap
     x = np.random.default_rng(0).standard_normal((5, 3, 64, 64), dtype=np.float32)
     ref = _pooled_torch(x, 3)
-    with make_runner("onnxruntime", res["engine"], threads=2) as r:
+    with make_runner("onnxruntime", res["artifact"], threads=2) as r:
         got = r.infer(x)
     assert got.shape == ref.shape
     assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max()
 
 
 def test_int8_pooled_engine_keeps_the_pool_in_float(tmp_path):
-    res = build_engine(EngineConfig(**dict(TINY, pool="avg"), precision="int8", backend="onnxruntime",
+    res = make_build(BuildConfig(**dict(TINY, pool="avg"), precision="int8", backend="onnxruntime",
                                     out=str(tmp_path / "i8"), calibration_images=32))
     from engine.data import load_splits
 
-    eng = Engine(res["build_dir"])
+    eng = Build(res["build_dir"])
     x = np.stack([load_splits(None, eng.preprocess).test[i][0] for i in range(16)])
     ref = _pooled_torch(x, 1)
     with eng.runner() as r:
@@ -210,7 +210,7 @@ def test_bit_store_keeps_its_fitted_encoder_and_a_float_store_is_re_encoded(tiny
     from engine.train import FitConfig, fit
 
     res, _ = tiny_engine
-    eng = Engine(res["build_dir"])
+    eng = Build(res["build_dir"])
     sp = load_splits(None, eng.preprocess)
     parts = {"train": sp.train.select(range(120)), "test": sp.test.select(range(40))}
     with Featurizer(eng, 32, progress=False) as f:
@@ -261,8 +261,8 @@ def test_squash_equals_torchvision_resize_to_a_square():
 
 
 def test_squash_engine_records_its_preprocessing(tmp_path):
-    res = build_engine(EngineConfig(**TINY, resize="squash", precision="fp32", backend="onnxruntime",
+    res = make_build(BuildConfig(**TINY, resize="squash", precision="fp32", backend="onnxruntime",
                                     out=str(tmp_path / "sq")))
-    eng = Engine(res["build_dir"])
+    eng = Build(res["build_dir"])
     assert eng.preprocess.resize == "squash" and read_manifest(tmp_path / "sq")["recipe"]["resize"] == "squash"
     assert res["recipe"] == {"pool": "none", "resize": "squash"}

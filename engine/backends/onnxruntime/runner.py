@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from engine.runners.base import Runner, RunnerError
+from engine.backends.base import Runner, RunnerError
 
 
 class OnnxRuntimeRunner(Runner):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 
-from engine.runners.base import Runner, RunnerError
+from engine.backends.base import Runner, RunnerError
 
 
 class TorchRunner(Runner):

@@ -1,0 +1,69 @@
+"""`otl`: a thin layer over the Python API. Each command parses into a config, calls one function
+and prints (build_commands.py: cuts, engines, featurize, cache; train_commands.py: fit, evaluate,
+predict; args.py: the argument groups they share).
+
+Every command prints a short human summary; with --json it prints exactly one JSON object on
+stdout (progress and warnings go to stderr). Errors exit with status 2 and one line on stderr
+(with --json, also one {"error": ...} object on stdout); OTL_DEBUG=1 shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+
+from engine.cli import build_commands, train_commands
+
+__all__ = ["build_parser", "main"]
+
+# Anticipated failures: bad input, missing or stale artifacts, missing packages, resources. Every
+# project error derives from ValueError (BuildError, ArtifactError, DataError, ...) or RuntimeError
+# (RunnerError); OSError covers unreadable files, ArithmeticError non-finite numerics.
+EXPECTED_ERRORS = (ValueError, RuntimeError, OSError, ImportError, MemoryError, ArithmeticError, LookupError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="otl", description="Optical transfer learning: builds, features, "
+                                                        "gradient-free training.")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in (build_commands.add_cuts, build_commands.add_engines, build_commands.add_featurize,
+                build_commands.add_cache, train_commands.add_fit, train_commands.add_evaluate,
+                train_commands.add_predict):
+        add(sub)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "quiet", False):
+        warnings.simplefilter("ignore")
+    t0 = time.perf_counter()
+    try:
+        res = args.func(args)
+    except EXPECTED_ERRORS as e:
+        if os.environ.get("OTL_DEBUG"):  # the traceback, for a bug report
+            raise
+        return _fail(args, f"{type(e).__name__}: {_one_line(e)}")
+    except KeyboardInterrupt:
+        _fail(args, "interrupted")
+        return 130
+    if args.json:
+        res = dict(res)
+        res.setdefault("timings", {})["total"] = round(time.perf_counter() - t0, 4)
+        print(json.dumps(res, default=str))
+    return 0
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    return " ".join(text.split()) or repr(e)
+
+
+def _fail(args, msg: str) -> int:
+    if getattr(args, "json", False):
+        print(json.dumps({"error": msg, "command": args.command}))
+    print(f"otl {args.command}: error: {msg}", file=sys.stderr)
+    return 2
