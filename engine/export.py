@@ -1,8 +1,10 @@
 """torch -> ONNX fp32 (dynamic batch, one self-contained file) and the fp16 graph derived from it.
 
-The dynamo exporter keeps BatchNormalization unfolded and names every Conv weight after its torch
-parameter (`0.denseblock1.denselayer1.conv1.weight`). calibration/ relies on that to map ONNX Conv
-nodes back to torch modules, so the exporter choice is part of the int8 contract.
+The dynamo exporter writes BatchNormalization as its own node (not folded into the Conv before it)
+and names every Conv weight after its torch parameter (`0.denseblock1.denselayer1.conv1.weight`).
+calibration/ relies on both: it maps ONNX Conv nodes back to torch modules by that name, and folds
+Conv -> BatchNormalization pairs itself when it writes the int8 graphs (calibration/graph.py), so
+the exporter choice is part of the int8 contract.
 """
 from __future__ import annotations
 

@@ -12,13 +12,11 @@ class Timings:
         self.seconds: dict[str, float] = {}
 
     @contextlib.contextmanager
-    def __call__(self, stage: str, sync=None):
+    def __call__(self, stage: str):
         t0 = time.perf_counter()
         try:
             yield
         finally:
-            if sync is not None:  # e.g. a CUDA stream: time the work, not the launch
-                sync()
             self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
 
     def add(self, stage: str, seconds: float) -> None:
