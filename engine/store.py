@@ -44,7 +44,7 @@ def write_store(path, featurizer, splits: dict, fmt: str = "bits", encoder=None,
     train is larger than the sample (encode.with_sample_first), and saves them in the store.
     Float stores keep the raw features: any encoder can be fitted on them later.
     """
-    from kernels.encode import DEFAULT_SPEC, fit_on_first_rows, packbits, with_sample_first
+    from kernels.encode import DEFAULT_SPEC
 
     enc = check_request(fmt, DEFAULT_SPEC if encoder is None else encoder)
     fit_encoder = fmt == "bits" and enc.needs_fit and not enc.fitted
@@ -56,54 +56,63 @@ def write_store(path, featurizer, splits: dict, fmt: str = "bits", encoder=None,
     try:
         split_info, n_features = {}, None
         for name, ds in splits.items():
-            if ds is None:
-                continue
-            rows, labels = 0, []
-            if name == "train" and fit_encoder:
-                ds = with_sample_first(ds, getattr(featurizer.build, "n_features", None), seed)
-            stream = featurizer.featurize(ds, desc=f"featurize {name}")
-            if name == "train" and fit_encoder:
-                stream = fit_on_first_rows(enc, stream)
-            with open(tmp / f"{name}.features.bin", "wb") as f:
-                for feats, y in stream:
-                    feats = to_host(feats)
-                    n_features = feats.shape[1] * (enc.bits_per_feature() if fmt == "bits" else 1)
-                    if fmt == "bits":
-                        block = to_host(packbits(enc(feats)))
-                    else:
-                        block = feats.astype(fmt, copy=False)
-                    f.write(np.ascontiguousarray(block).tobytes())
-                    labels.append(np.asarray(y, dtype=np.int64))
-                    rows += len(y)
-            np.save(tmp / f"{name}.labels.npy", np.concatenate(labels) if labels else np.zeros(0, np.int64))
-            split_info[name] = {"rows": rows}
-        files = {}
-        for name in split_info:
-            for part in ("features.bin", "labels.npy"):
-                files[f"{name}.{part}"] = file_entry(tmp / f"{name}.{part}", tmp)
+            if ds is not None:
+                fit_here = name == "train" and fit_encoder
+                split_info[name], width = _write_split(tmp, name, ds, featurizer, enc, fmt, fit_here, seed)
+                n_features = width if width is not None else n_features  # an empty split has no rows to tell
+        files = {f"{name}.{part}": file_entry(tmp / f"{name}.{part}", tmp)
+                 for name in split_info for part in ("features.bin", "labels.npy")}
         if fmt == "bits" and enc.thresholds_ is not None:
             np.save(tmp / THRESHOLDS_FILE, enc.thresholds_)
             files[THRESHOLDS_FILE] = file_entry(tmp / THRESHOLDS_FILE, tmp)
-        build = featurizer.build.describe() if featurizer.build is not None else None
         manifest = {
             "kind": "otl-feature-store", "format": fmt, "encoder": enc.to_dict() if fmt == "bits" else None,
             "encoder_stats": enc.stats_ if fmt == "bits" else None, "n_features": n_features,
             "row_bytes": _row_bytes(fmt, n_features), "splits": split_info, "classes": classes,
-            "build": build, "source": source, "files": files,
+            "build": featurizer.build.describe() if featurizer.build is not None else None,
+            "source": source, "files": files,
         }
         write_manifest(tmp, manifest)
-        if path.exists():  # replace a previous store only once the new one is complete
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        _swap_in(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def _write_split(tmp: Path, name: str, ds, featurizer, enc, fmt: str, fit_encoder: bool, seed: int):
+    """One split's rows and labels into `tmp`; fits the encoder on the first rows when asked.
+    Returns ({"rows": n}, features per row as stored: bits for a bits store)."""
+    from kernels.encode import fit_on_first_rows, packbits, with_sample_first
+
+    if fit_encoder:
+        ds = with_sample_first(ds, getattr(featurizer.build, "n_features", None), seed)
+    stream = featurizer.featurize(ds, desc=f"featurize {name}")
+    if fit_encoder:
+        stream = fit_on_first_rows(enc, stream)
+    rows, labels, n_features = 0, [], None
+    with open(tmp / f"{name}.features.bin", "wb") as f:
+        for feats, y in stream:
+            feats = to_host(feats)
+            n_features = feats.shape[1] * (enc.bits_per_feature() if fmt == "bits" else 1)
+            block = to_host(packbits(enc(feats))) if fmt == "bits" else feats.astype(fmt, copy=False)
+            f.write(np.ascontiguousarray(block).tobytes())
+            labels.append(np.asarray(y, dtype=np.int64))
+            rows += len(y)
+    np.save(tmp / f"{name}.labels.npy", np.concatenate(labels) if labels else np.zeros(0, np.int64))
+    return {"rows": rows}, n_features
+
+
+def _swap_in(tmp: Path, path: Path) -> None:
+    """Rename the complete store `tmp` to `path`, replacing a previous store only now."""
+    if path.exists():
+        old = path.with_name(f".{path.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
 
 
 def _row_bytes(fmt: str, k: int | None) -> int | None:
