@@ -1,10 +1,11 @@
 """torch -> ONNX fp32 (dynamic batch, one self-contained file) and the fp16 graph derived from it.
 
-The dynamo exporter writes BatchNormalization as its own node (not folded into the Conv before it)
-and names every Conv weight after its torch parameter (`0.denseblock1.denselayer1.conv1.weight`).
-calibration/ relies on both: it maps ONNX Conv nodes back to torch modules by that name, and folds
-Conv -> BatchNormalization pairs itself when it writes the int8 graphs (calibration/graph.py), so
-the exporter choice is part of the int8 contract.
+The dynamo exporter folds each Conv -> BatchNormalization pair into the Conv (the folded weight
+keeps the Conv's torch name, `0.denseblock1.denselayer1.conv1.weight`) and keeps the other
+BatchNormalizations as nodes (DenseNet's pre-activation norms after a Concat: checked on
+densenet121, 7 BatchNormalization nodes left, none in MobileNetV2). calibration/ relies on the
+names to map ONNX Conv nodes back to torch modules, and rewrites the remaining BatchNormalizations
+as 1x1 depthwise Convs for the int8 graph, so the exporter choice is part of the int8 contract.
 """
 from __future__ import annotations
 
