@@ -14,7 +14,7 @@ import torch
 from engine.artifacts import ArtifactError, read_manifest
 from engine.backbones import build_cut
 from engine.build import BuildError, BuildConfig, make_build
-from engine.backends import RunnerError, make_runner
+from engine.backends import RunnerError, available_backends, make_runner
 from engine.build_folder import Build
 
 from helpers import REPO, TINY, torch_features
@@ -128,9 +128,11 @@ def test_bad_requests(field, value, match):
         make_build(cfg)
 
 
-def test_tensorrt_requested_without_tensorrt():
+@pytest.mark.skipif("tensorrt" in available_backends(), reason="tensorrt and cupy are importable here")
+def test_tensorrt_requested_without_tensorrt(tmp_path):
     with pytest.raises(RunnerError, match=r"tensorrt.*otl\[gpu\].*--backend onnxruntime"):
-        make_build(BuildConfig(**TINY, backend="tensorrt"))
+        make_build(BuildConfig(**TINY, backend="tensorrt", out=str(tmp_path / "b")))
+    assert not (tmp_path / "b").exists()  # refused before anything is written
 
 
 def _otl(*args, env=None):
