@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from kernels.solvers import check_alphas, eigh
 from kernels.xp import get_array_module
-from kernels.ridge import _eigh, check_alphas
 
 
 class SpectralRidge:
@@ -45,7 +45,7 @@ class SpectralRidge:
             if fit_intercept:
                 m = K.mean(0)
                 K = K - m[:, None] - m[None, :] + m.mean()
-            mu, self.U = _eigh((K + K.T) / 2, overwrite=True)
+            mu, self.U = eigh((K + K.T) / 2, overwrite=True)
             # Eigenvalues below the rounding noise of the GEMM that formed K are zeros. U stays
             # orthonormal, so h = 1/n + Σ U²μ/(μ+α) < 1 whatever that noise did to μ.
             eps = float(np.finfo(np.dtype(str(self.Yc.dtype))).eps) * max(n, k)
@@ -57,7 +57,7 @@ class SpectralRidge:
             G = xp.zeros((k, k))
             for Yb in self._centered_chunks():
                 G += Yb.T @ Yb
-            lam, self.V = _eigh((G + G.T) / 2, overwrite=True)
+            lam, self.V = eigh((G + G.T) / 2, overwrite=True)
             self.eig = xp.maximum(lam, 0.0)
             self.VtB = self.V.T @ (self.Yc.T.astype(xp.float64) @ self.Tc)  # rᵀ1ᵀTc = 0: Tc is centered
         self.solver = "loo-eigh(dual)" if self.dual else "loo-eigh(primal)"

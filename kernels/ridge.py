@@ -1,7 +1,9 @@
 """Streaming multi-target ridge regression: the classifier's solver (RidgeClassifier semantics).
 
 Flow: T = one_vs_all_targets(labels) -> NormalEquations.update(Y, T) per batch (merge shards)
--> solve_path(alphas) -> select_alpha on validation -> predict_scores(Y, W, intercept).
+-> solve_path(alphas) (the solvers: kernels/solvers.py) -> alpha chosen by kernels/selection.py
+-> predict_scores(Y, W, intercept). Shapes: Y (n, k) features (the projected components),
+T (n, t) targets, G (k, k), W (k, t).
 
 Centering is streamed with a shift: every batch is centered on one fixed estimate of the mean
 (the first batch's) and its Gram is one float32 GEMM, accumulated in float64. The float32 error
@@ -17,24 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kernels.solvers import check_alphas, solve_dual_path, solve_ridge_path
 from kernels.xp import check_finite, get_array_module
-
-SOLVERS = ("auto", "cholesky", "eigh")
-# eigh (syevd with vectors) costs about this many Cholesky solves of the same size: measured on
-# this 2-core machine (torch/MKL, float64) 7.3x at k=2000 and 14.7x at k=4000 (6.9 s vs 0.47 s),
-# rising with k as its tridiagonalization is memory-bound BLAS2 while potrf is BLAS3. Only the
-# "auto" choice depends on it: a grid of more alphas than this pays for one eigh.
-EIGH_COST_IN_CHOLESKY = 15.0
-
-
-def _scipy_linalg(xp):
-    if xp is np:
-        import scipy.linalg
-
-        return scipy.linalg
-    import cupyx.scipy.linalg
-
-    return cupyx.scipy.linalg
 
 
 def one_vs_all_targets(labels, n_classes: int):
@@ -53,182 +39,6 @@ def one_vs_all_targets(labels, n_classes: int):
     T = -xp.ones((labels.shape[0], n_classes), dtype=xp.float64)
     T[xp.arange(labels.shape[0]), labels] = 1.0
     return T
-
-
-def check_alphas(alphas):
-    """alphas -> 1-D float64 array; ValueError unless every alpha is finite and > 0."""
-    a = np.atleast_1d(np.asarray(alphas, dtype=np.float64))
-    if a.ndim != 1 or a.size == 0 or not np.all(np.isfinite(a)) or np.any(a <= 0):
-        raise ValueError(f"alphas must be finite and > 0, got {list(np.atleast_1d(alphas))}")
-    return a
-
-
-# ---- solvers: (G + alpha I) W = B, G (k, k) symmetric, B (k, t) --------------------------------
-def _torch():
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch
-
-
-def _chol_solve(L, B):
-    """L Lᵀ X = B by two triangular solves (torch.cholesky_solve is ~5x slower here for few RHS)."""
-    torch = _torch()
-    return torch.linalg.solve_triangular(L.mT, torch.linalg.solve_triangular(L, B, upper=False), upper=True)
-
-
-def _solve_cholesky_mixed(G, B, alpha, max_iter: int = 10, g_norm: float | None = None, G32=None):
-    """float32 Cholesky + float64 iterative refinement (LAPACK dsposv's strategy) -> W or None.
-
-    The factorization, the O(k^3) part, runs in float32 (~2x faster); residuals are float64, so
-    the answer has float64 accuracy whenever cond(G + alpha I) * 2^-24 << 1. None when the
-    refinement does not converge (or float32 cannot factor): the caller then uses float64.
-    """
-    torch = _torch()
-    if torch is None:
-        return None
-    Gt, Bt = torch.from_numpy(G), torch.from_numpy(B)
-    if G32 is None:
-        A32 = Gt.to(torch.float32)
-        A32.diagonal().add_(alpha)
-    else:  # a path converts G once and only resets its diagonal per alpha (no k x k copy)
-        A32 = G32
-        A32.diagonal().copy_(Gt.diagonal().add(alpha))
-    L, info = torch.linalg.cholesky_ex(A32)
-    if int(info) != 0:
-        return None
-    W = _chol_solve(L, Bt.to(torch.float32)).double()
-    # dsposv's stopping rule: ||r||inf <= ||W||inf * ||A||inf * eps64 * sqrt(k)
-    if g_norm is None:
-        g_norm = Gt.abs().sum(1).max().item()
-    tol = (g_norm + alpha) * np.finfo(np.float64).eps * np.sqrt(G.shape[0])
-    for _ in range(max_iter):
-        R = Bt - torch.addmm(W, Gt, W, beta=alpha)  # B - (G + alpha I) W
-        if R.abs().max().item() <= tol * W.abs().max().item():
-            return W.numpy()
-        W += _chol_solve(L, R.to(torch.float32)).double()
-    return None
-
-
-def _solve_cholesky(G, B, alpha):
-    xp = get_array_module(G)
-    if xp is np:
-        torch = _torch()
-        if torch is not None:
-            # torch's LAPACK (MKL potrf) factors k=4000 ~4.6x faster than OpenBLAS's here.
-            A = torch.from_numpy(G).clone()
-            A.diagonal().add_(alpha)
-            L, info = torch.linalg.cholesky_ex(A)
-            if int(info) != 0:
-                raise np.linalg.LinAlgError(f"G + alpha I not positive definite (leading minor {int(info)})")
-            return _chol_solve(L, torch.from_numpy(B)).numpy()
-        import scipy.linalg
-
-        A = G + alpha * np.eye(G.shape[0])
-        return scipy.linalg.cho_solve(scipy.linalg.cho_factor(A, lower=True, check_finite=False), B,
-                                      check_finite=False)
-    import cupyx
-
-    A = G + alpha * xp.eye(G.shape[0], dtype=G.dtype)
-    la = _scipy_linalg(xp)
-    # cupy.linalg.cholesky returns garbage instead of raising unless told to raise.
-    with cupyx.errstate(linalg="raise"):
-        L = xp.linalg.cholesky(A)
-    return la.solve_triangular(L.T, la.solve_triangular(L, B, lower=True), lower=False)
-
-
-def _solve_cholesky_path(G, B, alphas, mixed: bool):
-    """One factorization per alpha -> (W (a, k, t), solver_used); raises LinAlgError on failure."""
-    xp = get_array_module(G)
-    out, n_mixed = [], 0
-    torch = _torch() if mixed and xp is np else None
-    g_norm = torch.from_numpy(G).abs().sum(1).max().item() if torch is not None else None  # once per path
-    G32 = torch.from_numpy(G).to(torch.float32) if torch is not None else None
-    for a in alphas:
-        W = _solve_cholesky_mixed(G, B, a, g_norm=g_norm, G32=G32) if torch is not None else None
-        n_mixed += W is not None
-        out.append(W if W is not None else _solve_cholesky(G, B, a))
-    tag = "cholesky" if n_mixed == 0 else "cholesky(fp32+refine)" if n_mixed == len(alphas) \
-        else f"cholesky(fp32+refine for {n_mixed}/{len(alphas)})"
-    return xp.stack(out), tag
-
-
-def _eigh(G, overwrite: bool = False):
-    """(eigenvalues, eigenvectors) of symmetric G. overwrite=True: G is scratch (the caller owns it).
-
-    LAPACK's MRRR driver (evr) needs O(k) workspace where divide and conquer (evd) needs 2k² more
-    (256 MB at k = 4,000); it was ~10 % slower here (8.6 vs 7.7 s at k = 4,000)."""
-    xp = get_array_module(G)
-    if xp is np:
-        import scipy.linalg
-
-        return scipy.linalg.eigh(G, driver="evr", overwrite_a=overwrite, check_finite=False)
-    return xp.linalg.eigh(G)
-
-
-def _solve_eigh_path(G, B, alphas, overwrite: bool = False):
-    """One eigendecomposition G = V diag(lam) Vᵀ for every alpha: W(a) = V diag(1/(lam+a)) VᵀB."""
-    xp = get_array_module(G)
-    lam, V = _eigh(G, overwrite)
-    VtB = V.T @ B
-    return xp.stack([V @ (VtB / (lam + a)[:, None]) for a in alphas])
-
-
-def resolve_solver(solver: str, k: int, n_alphas: int) -> str:
-    """What "auto" means (pure): Cholesky per alpha unless the grid pays for one eigh."""
-    if solver not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; expected one of {SOLVERS}")
-    if solver != "auto":
-        return solver
-    return "eigh" if n_alphas > EIGH_COST_IN_CHOLESKY else "cholesky"
-
-
-def solve_ridge(G, B, alpha: float, solver: str = "auto", mixed: bool = True):
-    """Solve (G + alpha I) W = B in float64 -> (W (k, t), solver_used).
-
-    Cholesky first; if the factorization fails (G + alpha I not positive definite: a negative
-    or rounding-damaged G), fall back to eigh, which needs only symmetry; solver_used says so.
-    """
-    W, used = solve_ridge_path(G, B, [alpha], solver=solver, mixed=mixed)
-    return W[0], used
-
-
-def solve_ridge_path(G, B, alphas, solver: str = "auto", mixed: bool = True, overwrite: bool = False):
-    """W for every alpha -> (W (len(alphas), k, t) float64, solver_used).
-
-    mixed: Cholesky factors in float32 and refines in float64 (see _solve_cholesky_mixed),
-    falling back per alpha to a float64 factorization; solver_used says which ran.
-    overwrite: G is scratch and may be destroyed by the eigh path (saves a k x k copy).
-    """
-    alphas = check_alphas(alphas)
-    xp = get_array_module(G)
-    G, B = xp.asarray(G, dtype=xp.float64), xp.asarray(B, dtype=xp.float64)
-    check_finite(G, "ridge solve (Gram matrix)")
-    check_finite(B, "ridge solve (cross term YᵀT)")
-    used = resolve_solver(solver, G.shape[0], alphas.size)
-    if used == "cholesky":
-        try:
-            return _solve_cholesky_path(G, B, alphas, mixed)
-        except np.linalg.LinAlgError:
-            used = "eigh (cholesky failed)"
-        except Exception as e:  # CuPy raises its own LinAlgError class
-            if type(e).__name__ != "LinAlgError":
-                raise
-            used = "eigh (cholesky failed)"
-    return _solve_eigh_path(G, B, alphas, overwrite), used
-
-
-def _solve_dual_path(Yc, Tc, alphas, solver="auto", gemm_dtype="float32", mixed=True):
-    """Kernel form for n < k: W(a) = Ycᵀ (K + a I)^{-1} Tc, K = Yc Ycᵀ (n, n); Yc centered."""
-    xp = get_array_module(Yc)
-    Yg = Yc.astype(xp.float32) if gemm_dtype == "float32" else Yc
-    K = (Yg @ Yg.T).astype(xp.float64)  # centered, so float32 is accurate (see module doc)
-    Z, used = solve_ridge_path(K, Tc, alphas, solver, mixed, overwrite=True)  # K is ours
-    a, n, t = Z.shape
-    # one pass over Yc for every alpha: (k, n) @ (n, a*t) instead of a GEMMs with t columns
-    W = Yc.T @ Z.transpose(1, 0, 2).reshape(n, a * t)
-    return W.reshape(-1, a, t).transpose(1, 0, 2), "dual/" + used
 
 
 @dataclass
@@ -380,14 +190,14 @@ class NormalEquations:
     def solve_path(self, alphas, fit_intercept: bool = True, solver: str = "auto",
                    mixed: bool = True) -> RidgePath:
         """Ridge solutions for every alpha. The dual form runs when raw rows are kept and n < k.
-        solver and mixed: as solve_ridge_path."""
+        solver and mixed: as kernels.solvers.solve_ridge_path."""
         alphas = check_alphas(alphas)
         if self._raw and self.n < self._raw[0][0].shape[1]:
             xp = get_array_module(self._raw[0][0])
             Y = xp.concatenate([y for y, _ in self._raw]).astype(xp.float64)
             T = xp.concatenate([t for _, t in self._raw])
             my, mt = (Y.mean(0), T.mean(0)) if fit_intercept else (0 * Y[0], 0 * T[0])
-            coefs, used = _solve_dual_path(Y - my, T - mt, alphas, solver, self.gemm_dtype, mixed)
+            coefs, used = solve_dual_path(Y - my, T - mt, alphas, solver, self.gemm_dtype, mixed)
         else:
             G, B = self.gram(fit_intercept)  # fresh arrays: the solver may use G as scratch
             xp = get_array_module(G)
@@ -409,16 +219,3 @@ def predict_scores(Y, W, intercept):
     """Y (n, k) @ W (k, t) + intercept (t,) -> scores (n, t) float64; labels = scores.argmax(1)."""
     xp = get_array_module(Y)
     return xp.asarray(Y, dtype=xp.float64) @ W + intercept
-
-
-def select_alpha(path: RidgePath, Y_val, y_val):
-    """Best alpha by validation accuracy -> (index, accuracies (a,)). Ties go to the larger alpha
-    (stronger regularization generalizes at least as well when validation cannot tell)."""
-    xp = get_array_module(Y_val)
-    check_finite(Y_val, "alpha selection (validation features)")
-    Y64 = xp.asarray(Y_val, dtype=xp.float64)
-    acc = np.array([float((xp.argmax(Y64 @ W + b, axis=1) == y_val).mean())
-                    for W, b in zip(path.coefs, path.intercepts)])
-    best = acc.max()
-    candidates = [i for i in range(len(acc)) if acc[i] == best]
-    return max(candidates, key=lambda i: path.alphas[i]), acc

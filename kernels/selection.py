@@ -18,7 +18,8 @@ import numpy as np
 
 from kernels.xp import get_array_module, to_host
 from kernels.loo import SpectralRidge  # noqa: F401  (re-exported: part of selection's API)
-from kernels.ridge import NormalEquations, check_alphas, concat_rows
+from kernels.ridge import NormalEquations, concat_rows
+from kernels.solvers import check_alphas
 
 METHODS = ("auto", "loo", "kfold", "holdout")
 # Default grid: 3 alphas a decade from 1e-6 to 1e2 times tr(G)/k, the mean eigenvalue of G.

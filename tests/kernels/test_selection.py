@@ -10,6 +10,7 @@ from engine.ridge_training import SelectionWarning
 from kernels.ridge import NormalEquations, one_vs_all_targets
 from kernels.selection import (FoldedNormalEquations, SelectionError, SpectralRidge, choose, fold_of,
                                kfold_squared_error, relative_alphas, search)
+from kernels.xp import to_host
 
 
 def _problem(n, k, classes=3, seed=0, signal=1.0):
@@ -28,18 +29,18 @@ def _refit(Y, T, a, fit_intercept=True):
 
 @pytest.mark.parametrize("n,k", [(40, 60), (90, 25)])  # dual (n <= k) and primal (n > k)
 @pytest.mark.parametrize("fit_intercept", [True, False])
-def test_loo_equals_brute_force_refits(n, k, fit_intercept):
+def test_loo_equals_brute_force_refits(n, k, fit_intercept, xp):
     Y, y = _problem(n, k)
     T = one_vs_all_targets(y, 3)
-    sp = SpectralRidge(Y, T, fit_intercept, gemm_dtype="float64", chunk=17)  # chunks: primal in pieces
+    sp = SpectralRidge(xp.asarray(Y), xp.asarray(T), fit_intercept, gemm_dtype="float64", chunk=17)  # chunks: primal in pieces
     assert sp.dual == (n <= k)
     for a in (1e-3, 0.3, 30.0):
-        S, _ = sp.loo_predictions(a)
+        S = to_host(sp.loo_predictions(a)[0])
         for i in range(n):
             keep = np.arange(n) != i
             W, b = _refit(Y[keep], T[keep], a, fit_intercept)
             np.testing.assert_allclose(S[i], Y[i] @ W + b, rtol=0, atol=1e-8)
-        W, b = sp.coef(a)
+        W, b = map(to_host, sp.coef(a))
         W0, b0 = _refit(Y, T, a, fit_intercept)
         np.testing.assert_allclose(W, W0, atol=1e-9)
         np.testing.assert_allclose(b, b0, atol=1e-9)
@@ -59,12 +60,12 @@ def test_loo_matches_sklearn_ridge_classifier_cv():
     assert alphas[choose(alphas, None, err)] == pytest.approx(sk.alpha_)
 
 
-def test_kfold_statistics_equal_explicit_per_fold_refits():
+def test_kfold_statistics_equal_explicit_per_fold_refits(xp):
     Y, y = _problem(400, 20, seed=5)
     T = one_vs_all_targets(y, 3)
     folded = FoldedNormalEquations(4, seed=9, gemm_dtype="float64")
     for i in range(0, 400, 37):  # batch boundaries must not matter: folds hash the row position
-        folded.update(Y[i:i + 37], T[i:i + 37])
+        folded.update(xp.asarray(Y[i:i + 37]), xp.asarray(T[i:i + 37]))
     alphas = [0.01, 1.0, 100.0]
     err, n, used = kfold_squared_error(folded, alphas)
     f = fold_of(np.arange(400), 4, 9)
@@ -78,7 +79,7 @@ def test_kfold_statistics_equal_explicit_per_fold_refits():
     # the folds sum to one pass over every row
     G, B = folded.total().gram()
     Yc = Y - Y.mean(0)
-    np.testing.assert_allclose(G, Yc.T @ Yc, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(to_host(G), Yc.T @ Yc, rtol=1e-9, atol=1e-9)
 
 
 def test_fold_assignment_is_a_seeded_balanced_hash():
@@ -181,6 +182,30 @@ def test_merged_train_and_carve_out_equal_one_pass():
         np.testing.assert_allclose(merged.gram(fi)[0], one.gram(fi)[0], rtol=1e-10, atol=1e-8)
         np.testing.assert_allclose(merged.gram(fi)[1], one.gram(fi)[1], rtol=1e-10, atol=1e-8)
     assert merged.sum_tt == one.sum_tt == 900.0
+
+
+def test_holdout_scores_every_alpha_as_sklearn_and_picks_by_choose():
+    """Holdout selection: each alpha's validation accuracy and squared error equal those of
+    sklearn's RidgeClassifier fitted on the training rows; the pick is choose()'s (accuracy, then
+    error, then the larger alpha); without refit the final model is sklearn's at that alpha."""
+    from sklearn.linear_model import RidgeClassifier
+
+    Y, y = _problem(400, 30, seed=2)
+    Y = Y.astype(np.float32)
+    alphas = [1e-3, 1.0, 1e2, 1e7]
+    clf = TransferClassifier(projection="none", alphas=alphas, select="holdout", refit_validation=False)
+    clf.encode = lambda X: X  # raw floats: exercise the ridge, not the encoder
+    clf.fit(Y[:300], y[:300], Y[300:], y[300:])
+    sel, Yv, Tv = clf.selection_, Y[300:].astype(np.float64), one_vs_all_targets(y[300:], 3)
+    assert sel.method == "holdout" and sel.n_scored == 100 and list(sel.alphas) == alphas
+    sks = [RidgeClassifier(alpha=a, solver="cholesky").fit(Y[:300].astype(np.float64), y[:300]) for a in alphas]
+    np.testing.assert_array_equal(sel.accuracy, [sk.score(Yv, y[300:]) for sk in sks])
+    np.testing.assert_allclose(sel.squared_error, [((sk.decision_function(Yv) - Tv) ** 2).sum() for sk in sks],
+                               rtol=1e-5)
+    assert sel.best == choose(alphas, sel.accuracy, sel.squared_error) and clf.alpha_ == alphas[sel.best]
+    best = sks[sel.best]
+    np.testing.assert_allclose(clf.coef_, best.coef_.T, rtol=1e-4, atol=1e-6 * np.abs(best.coef_).max())
+    np.testing.assert_allclose(clf.intercept_, best.intercept_, rtol=1e-4, atol=1e-6)
 
 
 def test_final_model_uses_every_row():
