@@ -69,9 +69,9 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--variants", default="int8:nocache,int8:cache,bfloat16:nocache,float32:nocache",
                    help="fast-mode matrix_dtype:cache|nocache list (nocache: the one-shot setting)")
-    p.add_argument("--n", type=int, default=2000)
-    p.add_argument("--k", type=int, default=50176)
-    p.add_argument("--m", type=int, default=4000)
+    p.add_argument("--n", type=int, default=2000, help="input rows")
+    p.add_argument("--k", type=int, default=50176, help="input bits a row (d in kernels/)")
+    p.add_argument("--m", type=int, default=4000, help="output components (n_components, k in kernels/)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--variant", default="int8:nocache", help=argparse.SUPPRESS)
     args = p.parse_args(argv)

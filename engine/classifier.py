@@ -34,7 +34,8 @@ class EncoderWarning(UserWarning):
 
 
 def make_projection(kind: str, n_components: int, seed: int, **options):
-    from kernels.projection import LightOnOPU, SimulatedOPU
+    from kernels.lightonml import LightOnOPU
+    from kernels.projection import SimulatedOPU
 
     if kind not in PROJECTIONS:
         raise ValueError(f"unknown projection {kind!r}; expected one of {', '.join(PROJECTIONS)}")
@@ -72,7 +73,7 @@ class TransferClassifier:
     # ------------------------------------------------------------------ feature path
     def _setup(self):
         from kernels.encode import parse_encoder
-        from kernels.ridge import check_alphas
+        from kernels.solvers import check_alphas
 
         self.alphas_ = None if isinstance(self.alphas, str) else check_alphas(self.alphas)
         self._grid_or_none()  # validates a string grid name
@@ -262,7 +263,8 @@ class TransferClassifier:
     @classmethod
     def from_state(cls, meta: dict, arrays: dict) -> "TransferClassifier":
         from kernels.encode import Encoder
-        from kernels.projection import LightOnOPU, SimulatedOPU
+        from kernels.lightonml import LightOnOPU
+        from kernels.projection import SimulatedOPU
 
         p = dict(meta["params"])
         clf = cls(alphas=meta["alphas"], **p)

@@ -1,15 +1,15 @@
 """On-disk cache of simulated OPU matrices: drawn once per machine, reused by every later fit.
 
 Drawing R for 62,720 bits x 4,000 components is 5e8 Gaussians, about 5 s on 2 cores, which is
-most of a small fit. The matrix depends only on (RNG scheme, seed, k, m, storage dtype, block
-layout), so it is cached under that key in the user's cache folder:
+most of a small fit. The matrix depends only on (RNG scheme, seed, d input bits, k components,
+storage dtype, block layout), so it is cached under that key in the user's cache folder:
 
     $OTL_CACHE_DIR or $XDG_CACHE_HOME/otl or ~/.cache/otl  /  opu-matrices/<key>.bin + <key>.json
 
 <key>.bin holds the blocks' raw bytes; <key>.json (written last, so its presence marks a complete
-entry) holds the key's parameters, the byte count and a CRC-32. A load checks all three and the
-caller re-draws two components to compare (SimulatedOPU), so a stale or corrupt entry is detected,
-removed and redrawn. Writes are atomic; the folder is bounded (OTL_CACHE_MAX_BYTES, default 8 GiB,
+entry) holds the key's parameters, the byte count and a CRC-32. A load checks all three and
+load_or_draw re-draws two components to compare, so a stale or corrupt entry is detected, removed
+and redrawn. Writes are atomic; the folder is bounded (OTL_CACHE_MAX_BYTES, default 8 GiB,
 least recently used entries go first); OTL_CACHE_DIR=off disables it; a folder that cannot be
 written is reported once and the fit runs without a cache. `otl cache --clear` empties it.
 """
@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from kernels.io import atomic_write_bytes, atomic_write_json, sha256_json
+from kernels.opu_matrix import ITEMSIZE
 
 SUBDIR = "opu-matrices"
 DEFAULT_MAX_BYTES = 8 << 30
@@ -181,48 +182,44 @@ class MatrixCache:
 
 
 # ----------------------------------------------------------------------------- SimulatedOPU's use
-def load_or_draw(opu, k: int) -> list:
-    """SimulatedOPU's cached blocks: from this cache when a verified entry exists, else drawn and saved."""
+def load_or_draw(matrix, use_disk: bool = True) -> list:
+    """The blocks of `matrix` (opu_matrix.FastMatrix), in its matrix_dtype: from this cache when a
+    verified entry exists, else drawn (and saved when use_disk and the matrix is worth a file)."""
     import torch
 
-    from kernels.projection import _ITEMSIZE
-
-    size = 2 * k * opu.n_components * _ITEMSIZE[opu.matrix_dtype]
-    cache = MatrixCache() if opu.disk_cache and size >= MIN_BYTES else None
-    params = opu._cache_params(k)
+    cache = MatrixCache() if use_disk and matrix.nbytes >= MIN_BYTES else None
+    params = matrix.cache_params()
     if cache is not None and (buf := cache.load(params)) is not None:
-        blocks = _blocks_from_bytes(opu, buf, k)
-        if _matches_fresh_draw(opu, blocks, k):
+        blocks = _blocks_from_bytes(matrix, buf)
+        if _matches_fresh_draw(matrix, blocks):
             return blocks
         cache.discard(params, "its values differ from a fresh draw of the same components")
-    blocks = [opu._draw_block(j, k, True) for j in range(opu._n_blocks(k))]
+    blocks = [matrix.draw_block(j, keep=True) for j in range(matrix.n_blocks)]
     if cache is not None:
         cache.save(params, [b.contiguous().view(torch.uint8).numpy() for b in blocks])
     return blocks
 
 
-def _blocks_from_bytes(opu, buf, k: int) -> list:
+def _blocks_from_bytes(matrix, buf) -> list:
     import torch
 
-    from kernels.projection import _ITEMSIZE
-
-    dtype, size, mb, out, off = getattr(torch, opu.matrix_dtype), _ITEMSIZE[opu.matrix_dtype], opu._block(k), [], 0
-    for j in range(opu._n_blocks(k)):
-        w = min(opu.n_components, (j + 1) * mb) - j * mb
-        nbytes = 2 * w * k * size
-        out.append(torch.from_numpy(buf[off:off + nbytes]).view(dtype).reshape(2 * w, k))
+    dtype, d = getattr(torch, matrix.matrix_dtype), matrix.n_features
+    out, off = [], 0
+    for j in range(matrix.n_blocks):
+        c0, c1 = matrix.columns(j)
+        nbytes = 2 * (c1 - c0) * d * ITEMSIZE[matrix.matrix_dtype]
+        out.append(torch.from_numpy(buf[off:off + nbytes]).view(dtype).reshape(2 * (c1 - c0), d))
         off += nbytes
     return out
 
 
-def _matches_fresh_draw(opu, blocks: list, k: int) -> bool:
+def _matches_fresh_draw(matrix, blocks: list) -> bool:
     """Re-draw the first and last components and compare them with the cached rows."""
     import torch
 
-    mb = opu._block(k)
-    for c in {0, opu.n_components - 1}:
-        j, i = divmod(c, mb)
-        fresh = opu._stored(torch.from_numpy(opu._draw_components(c, c + 1, k)))
+    for c in {0, matrix.n_components - 1}:
+        j, i = divmod(c, matrix.width)
+        fresh = matrix.stored(torch.from_numpy(matrix.draw_components(c, c + 1)))
         w = blocks[j].shape[0] // 2
         if not (torch.equal(blocks[j][i], fresh[0]) and torch.equal(blocks[j][w + i], fresh[1])):
             return False
