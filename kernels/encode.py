@@ -45,28 +45,28 @@ def binarize(x, method: str = "sign", threshold: float = 0.0):
 
 
 def packbits(bits):
-    """Pack (n, k) 0/1 bits into (n, ceil(k/8)) uint8, big-endian bit order, zero padded."""
+    """Pack (n, d) 0/1 bits into (n, ceil(d/8)) uint8, big-endian bit order, zero padded (d: bits a row)."""
     xp = get_array_module(bits)
     bits = xp.asarray(bits)
     if bits.ndim != 2:
-        raise ValueError(f"packbits: expected a 2-D (n, k) bit array, got shape {bits.shape}")
+        raise ValueError(f"packbits: expected a 2-D (n, d) bit array, got shape {bits.shape}")
     return xp.packbits(bits.astype(xp.bool_, copy=False), axis=1)
 
 
-def unpackbits(packed, k: int):
-    """Inverse of packbits: (n, ceil(k/8)) uint8 -> (n, k) uint8 0/1 (padding bits dropped)."""
+def unpackbits(packed, d: int):
+    """Inverse of packbits: (n, ceil(d/8)) uint8 -> (n, d) uint8 0/1 (padding bits dropped)."""
     xp = get_array_module(packed)
     packed = xp.asarray(packed)
     if packed.ndim != 2 or packed.dtype != xp.uint8:
         raise ValueError(f"unpackbits: expected a 2-D uint8 array, got {packed.dtype} {packed.shape}")
     nbytes = packed.shape[1]
-    if not (8 * (nbytes - 1) < k <= 8 * nbytes or k == nbytes == 0):
-        raise ValueError(f"unpackbits: k={k} does not fit {nbytes} bytes per row "
+    if not (8 * (nbytes - 1) < d <= 8 * nbytes or d == nbytes == 0):
+        raise ValueError(f"unpackbits: d={d} does not fit {nbytes} bytes per row "
                          f"(expected {max(8 * (nbytes - 1) + 1, 0)}..{8 * nbytes})")
     # cupy.unpackbits has no `count`/axis arguments in older releases: unpack flat and reshape.
     n = packed.shape[0]
     bits = xp.unpackbits(packed.reshape(-1)).reshape(n, 8 * nbytes)
-    return xp.ascontiguousarray(bits[:, :k])
+    return xp.ascontiguousarray(bits[:, :d])
 
 
 class EncoderError(ValueError):

@@ -3,15 +3,16 @@ import numpy as np
 import pytest
 
 from kernels.encode import Encoder, binarize, packbits, parse_encoder, unpackbits
+from kernels.xp import to_host
 
 
-def test_sign_and_threshold():
-    x = np.array([[-1.0, 0.0, 1e-30, 0.5, 0.7, np.nan, np.inf, -np.inf]], dtype=np.float32)
-    np.testing.assert_array_equal(binarize(x), [[0, 0, 1, 1, 1, 0, 1, 0]])
-    np.testing.assert_array_equal(binarize(x, "threshold", 0.5), [[0, 0, 0, 0, 1, 0, 1, 0]])
-    assert binarize(x).dtype == np.uint8
-    assert binarize(np.zeros((0, 3))).shape == (0, 3)
-    np.testing.assert_array_equal(binarize(np.array([True, False])), [1, 0])
+def test_sign_and_threshold(xp):
+    x = xp.asarray(np.array([[-1.0, 0.0, 1e-30, 0.5, 0.7, np.nan, np.inf, -np.inf]], dtype=np.float32))
+    np.testing.assert_array_equal(to_host(binarize(x)), [[0, 0, 1, 1, 1, 0, 1, 0]])
+    np.testing.assert_array_equal(to_host(binarize(x, "threshold", 0.5)), [[0, 0, 0, 0, 1, 0, 1, 0]])
+    assert binarize(x).dtype == np.uint8 and isinstance(binarize(x), xp.ndarray)
+    assert binarize(xp.zeros((0, 3))).shape == (0, 3)
+    np.testing.assert_array_equal(to_host(binarize(xp.asarray([True, False]))), [1, 0])
 
 
 def test_bad_methods():
@@ -21,19 +22,20 @@ def test_bad_methods():
         binarize(np.ones(3), "sign", 0.5)
 
 
-@pytest.mark.parametrize("k", [1, 7, 8, 9, 64, 100])
-def test_pack_unpack_round_trip(k):
-    b = (np.random.default_rng(k).random((5, k)) < 0.5).astype(np.uint8)
-    p = packbits(b)
-    assert p.dtype == np.uint8 and p.shape == (5, -(-k // 8))
-    np.testing.assert_array_equal(unpackbits(p, k), b)
+@pytest.mark.parametrize("d", [1, 7, 8, 9, 64, 100])
+def test_pack_unpack_round_trip(d, xp):
+    b = (np.random.default_rng(d).random((5, d)) < 0.5).astype(np.uint8)
+    p = packbits(xp.asarray(b))
+    assert p.dtype == np.uint8 and p.shape == (5, -(-d // 8)) and isinstance(p, xp.ndarray)
+    np.testing.assert_array_equal(to_host(p), np.packbits(b, axis=1))  # NumPy's layout on every module
+    np.testing.assert_array_equal(to_host(unpackbits(p, d)), b)
 
 
 def test_pack_is_big_endian_and_checks():
     np.testing.assert_array_equal(packbits(np.array([[1, 0, 0, 0, 0, 0, 0, 1, 1]], np.uint8)), [[129, 128]])
     with pytest.raises(ValueError, match="expected a 2-D"):
         packbits(np.ones(8, np.uint8))
-    with pytest.raises(ValueError, match=r"k=17 does not fit 2 bytes per row \(expected 9..16\)"):
+    with pytest.raises(ValueError, match=r"d=17 does not fit 2 bytes per row \(expected 9..16\)"):
         unpackbits(np.zeros((1, 2), np.uint8), 17)
 
 
