@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import CLOTHING
+from helpers import CLOTHING
 
-from engine.data import (IMAGENET_DEFAULT, DataError, DataWarning, DatasetSpec, DigitsDataset,
-                         ImageFolderDataset, Preprocess, file_list_hash, iter_batches, list_images,
-                         load_rgb, load_splits, stratified_split, subset)
+from engine.data import (IMAGENET_DEFAULT, DataError, DataWarning, DigitsDataset, ImageFolderDataset, Preprocess,
+                         file_list_hash, iter_batches, list_images, load_rgb, load_splits, stratified_split, subset)
 
 SMALL = Preprocess(16, 12)  # tiny images keep the suite fast
 
@@ -210,7 +209,17 @@ def test_digits_dataset():
     assert x.shape == (3, 12, 12) and x.dtype == np.float32 and 0 <= y <= 9
     s = load_splits(None, SMALL, validation_fraction=0.2)
     assert s.source["kind"] == "digits" and s.source["counts"] == {"train": 1079, "validation": 359, "test": 359}
-    assert DatasetSpec(None, 0.2, 0.2).load(SMALL).test.labels.tolist() == s.test.labels.tolist()
+    # load_splits(None) is the digits' own split: the same images and labels, and a partition of all 1797
+    for ours, direct in zip((s.train, s.validation, s.test), (train, val, test)):
+        np.testing.assert_array_equal(ours.images, direct.images)
+        np.testing.assert_array_equal(ours.labels, direct.labels)
+
+    def rows(*parts):  # (pixels, label) rows of the parts, in a canonical order
+        a = np.concatenate([np.column_stack([d.images.reshape(len(d), -1), d.labels]) for d in parts])
+        return a[np.lexsort(a.T[::-1])]
+
+    np.testing.assert_array_equal(rows(s.train, s.validation, s.test), rows(DigitsDataset("all")))
+    assert not np.array_equal(load_splits(None, SMALL, 0.2, 0.2, seed=1).test.images, s.test.images)
     with pytest.raises(DataError, match="unknown digits split"):
         DigitsDataset("dev")
 
