@@ -7,7 +7,7 @@ import torch
 from engine import backbones
 from engine.backbones import BackboneError, build_cut, list_cuts, resolve
 
-from conftest import MOBILENET_WEIGHTS, needs_shared
+from helpers import MOBILENET_WEIGHTS, needs_shared
 
 
 def test_default_cuts():
