@@ -5,28 +5,25 @@
 
 `fit_stream` takes iterables of (features, labels) batches so a dataset never has to fit in memory:
 the only state that grows with the data is the (k, k) normal equations. Fitted attributes end in
-`_`. `save`/`load` write one .npz file (no pickle) holding everything needed to predict.
+`_`. `state()` / `from_state()` give and take (JSON-able metadata, arrays), everything needed to
+predict; engine/model_file.py writes them as one .npz file (no pickle).
 """
 from __future__ import annotations
 
-import io
-import json
-from pathlib import Path
-
 import numpy as np
 
+from engine.model_file import classifier_from_state, classifier_state
+# Re-exported: engine/train.py, engine/evaluate.py and tests import these three names from here.
+from engine.model_file import ModelFileError, load_npz, save_npz
 from engine.timing import Timings
-from kernels.io import atomic_write_bytes
 from kernels.xp import check_finite, get_array_module, to_host
 
 # The reference's grid: mantissas 1, 3, 5, 7, 9 times 10^3 .. 10^5.
 REFERENCE_ALPHAS = tuple(float(m * 10 ** e) for e in (3, 4, 5) for m in (1, 3, 5, 7, 9))
 PROJECTIONS = ("sim", "lightonml", "none")
-FORMAT_VERSION = 2  # 2: selection record, the relative alpha grid, n_final; version 1 files still load
 
-
-class ModelFileError(ValueError):
-    """A classifier file that is corrupt, incomplete or for another engine."""
+__all__ = ["REFERENCE_ALPHAS", "PROJECTIONS", "EncoderWarning", "make_projection", "TransferClassifier",
+           "ModelFileError", "load_npz", "save_npz"]
 
 
 class EncoderWarning(UserWarning):
@@ -159,11 +156,14 @@ class TransferClassifier:
     def fit_stream(self, batches, classes: list, validation=None, encoded: bool = False):
         """One pass over (features, labels) batches; labels are indices into `classes`.
 
-        Alpha is chosen as `select` says (engine/ridge_training.py): "holdout" on `validation`
-        batches, "loo" (exact leave-one-out) or "kfold" on the training rows themselves; "auto" is
-        holdout when validation batches are given, else LOO while the rows fit in memory, else
-        K-fold. The final model is then solved on every row: training plus validation when
-        refit_validation. One alpha needs no selection.
+        batches, validation: iterables of (X, y): X float (b, F) features, or 0/1 uint8 bits when
+        `encoded`; y int (b,). Alpha is chosen as `select` says (engine/ridge_training.py):
+        "holdout" on the `validation` batches, "loo" (exact leave-one-out) or "kfold" on the
+        training rows themselves; "auto" is holdout when validation batches are given, else LOO
+        while the rows fit in memory, else K-fold. A grid of one alpha skips the selection. The
+        final model is then solved on every row: training plus validation when refit_validation.
+        Raises ValueError for fewer than 2 classes or no training rows, SelectionError for
+        select="holdout" without validation rows.
         """
         from engine.ridge_training import RidgeTrainer
 
@@ -234,82 +234,12 @@ class TransferClassifier:
 
     # ------------------------------------------------------------------ persistence
     def state(self) -> tuple[dict, dict]:
-        """(JSON-able metadata, arrays) holding everything needed to predict."""
-        meta = {
-            "format": "otl-transfer-classifier", "format_version": FORMAT_VERSION,
-            "params": {**{k: getattr(self, k) for k in ("n_components", "projection", "seed",
-                                                        "fit_intercept", "solver", "matrix_dtype", "camera_bits",
-                                                        "select", "folds", "refit_validation")},
-                       "encoder": self.encoder_.spec},
-            "alphas": self._grid_list(), "alpha": self.alpha_,
-            "selection": self.selection_.to_dict() if getattr(self, "selection_", None) is not None else None,
-            "n_final": getattr(self, "n_final_", self.n_train_),
-            "classes": [c.item() if hasattr(c, "item") else c for c in self.classes_],
-            "encoder": self.encoder_.to_dict(), "encoder_stats": self.encoder_.stats_,
-            "solver_used": self.solver_, "n_train": self.n_train_,
-            "projection_state": self.projection_.to_dict() if self.projection_ is not None else None,
-            "validation_accuracy": self.validation_accuracy_,
-        }
-        arrays = {"coef": to_host(self.coef_), "intercept": to_host(self.intercept_)}
-        if self.encoder_.thresholds_ is not None:
-            arrays["encoder_thresholds"] = self.encoder_.thresholds_
-        return meta, arrays
-
-    def _grid_list(self) -> list:
-        sel = getattr(self, "selection_", None)
-        grid = sel.alphas if sel is not None else self._grid_or_none()
-        return [float(a) for a in (grid if grid is not None else [self.alpha_])]
+        """(JSON-able metadata, arrays) holding everything needed to predict (engine/model_file.py)."""
+        return classifier_state(self)
 
     @classmethod
     def from_state(cls, meta: dict, arrays: dict) -> "TransferClassifier":
-        from kernels.encode import Encoder
-        from kernels.lightonml import LightOnOPU
-        from kernels.projection import SimulatedOPU
-
-        p = dict(meta["params"])
-        clf = cls(alphas=meta["alphas"], **p)
-        clf.alphas_ = np.asarray(meta["alphas"])
-        clf.encoder_ = Encoder.from_dict(meta["encoder"])
-        if clf.encoder_.needs_fit:
-            if "encoder_thresholds" not in arrays:
-                raise ModelFileError(f"the model's encoder {clf.encoder_.spec} has no thresholds in the file; "
-                                     "it is incomplete: retrain it")
-            clf.encoder_.set_thresholds(arrays.pop("encoder_thresholds"), meta.get("encoder_stats"))
-        ps = meta["projection_state"]
-        if ps is None:
-            clf.projection_ = None
-        elif ps.get("kind") == "SimulatedOPU":
-            clf.projection_ = SimulatedOPU.from_dict(ps)
-        else:
-            clf.projection_ = LightOnOPU.from_dict(ps)
-        clf.alpha_, clf.classes_, clf.solver_ = meta["alpha"], meta["classes"], meta["solver_used"]
-        clf.n_train_, clf.validation_accuracy_ = meta["n_train"], meta.get("validation_accuracy")
-        clf.n_final_, clf.selection_record_ = meta.get("n_final", meta["n_train"]), meta.get("selection")
-        clf.coef_, clf.intercept_ = arrays["coef"], arrays["intercept"]
-        return clf
-
-
-def save_npz(path, meta: dict, arrays: dict) -> Path:
-    """One file: arrays plus a JSON metadata entry, written atomically. No pickle inside."""
-    buf = io.BytesIO()
-    np.savez(buf, __meta__=np.frombuffer(json.dumps(meta, default=str).encode(), dtype=np.uint8), **arrays)
-    return atomic_write_bytes(path, buf.getvalue())
-
-
-def load_npz(path) -> tuple[dict, dict]:
-    path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"model file {path} does not exist; train one with `otl fit --out {path}`")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        meta = json.loads(arrays.pop("__meta__").tobytes().decode())
-    except Exception as e:  # truncated zip, bad JSON, not an npz at all
-        raise ModelFileError(f"model file {path} is corrupt or not an otl model ({type(e).__name__}: {e}); "
-                             "retrain it with `otl fit`") from e
-    if meta.get("format") != "otl-model" and meta.get("format") != "otl-transfer-classifier":
-        raise ModelFileError(f"{path} is not an otl model file (format {meta.get('format')!r})")
-    return meta, arrays
+        return classifier_from_state(cls, meta, arrays)
 
 
 def _rebatch(pairs, rows: int):
