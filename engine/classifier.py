@@ -13,8 +13,6 @@ from __future__ import annotations
 import numpy as np
 
 from engine.model_file import classifier_from_state, classifier_state
-# Re-exported: engine/train.py, engine/evaluate.py and tests import these three names from here.
-from engine.model_file import ModelFileError, load_npz, save_npz
 from engine.timing import Timings
 from kernels.xp import check_finite, get_array_module, to_host
 
@@ -22,8 +20,7 @@ from kernels.xp import check_finite, get_array_module, to_host
 REFERENCE_ALPHAS = tuple(float(m * 10 ** e) for e in (3, 4, 5) for m in (1, 3, 5, 7, 9))
 PROJECTIONS = ("sim", "lightonml", "none")
 
-__all__ = ["REFERENCE_ALPHAS", "PROJECTIONS", "EncoderWarning", "make_projection", "TransferClassifier",
-           "ModelFileError", "load_npz", "save_npz"]
+__all__ = ["REFERENCE_ALPHAS", "PROJECTIONS", "EncoderWarning", "make_projection", "TransferClassifier"]
 
 
 class EncoderWarning(UserWarning):

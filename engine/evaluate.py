@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.classifier import ModelFileError
+from engine.model_file import ModelFileError
 from engine.timing import Timings
 from kernels.xp import to_host
 

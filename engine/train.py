@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-from engine.classifier import ModelFileError, TransferClassifier, load_npz, save_npz
+from engine.classifier import TransferClassifier
+from engine.model_file import ModelFileError, load_npz, save_npz
 from engine.evaluate import split_record
 from engine.timing import Timings
 from kernels.xp import to_host

@@ -78,7 +78,7 @@ def test_validation_merged_into_the_model_is_training(tiny_engine, tmp_path):
 
 def test_model_written_before_splits_were_recorded_still_evaluates(fitted, tmp_path):
     """A version-1 model file (no split record) evaluates as before, on the data it is given."""
-    from engine.classifier import load_npz, save_npz
+    from engine.model_file import load_npz, save_npz
 
     data, model, s = fitted
     meta, arrays = load_npz(model)

@@ -166,7 +166,7 @@ def test_saved_encoder_gives_the_same_bits_and_predictions(tmp_path):
     Xt = np.abs(rng.normal(size=(40, 40))).astype(np.float32)
     for spec in ("threshold:median", "thresholds:3"):
         clf = TransferClassifier(300, encoder=spec, seed=1).fit(X, y)
-        from engine.classifier import load_npz, save_npz
+        from engine.model_file import load_npz, save_npz
 
         meta, arrays = clf.state()
         save_npz(tmp_path / "m.npz", meta, arrays)
