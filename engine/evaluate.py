@@ -2,7 +2,7 @@
 
 evaluate(EvaluateConfig) and predict(PredictConfig) are the API behind the two commands.
 
-A model file records the split it was fitted on (split_record: source, layout, seed, fractions and
+A model file records the split it was fitted on (model_file.split_record: source, layout, seed, fractions and
 a hash of each split's file list). evaluate() re-creates that split from the same folder and
 seed, checks the hashes, and refuses a folder that changed or a split that overlaps training.
 """
@@ -13,21 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.model_file import ModelFileError
+from engine.model_file import ModelFileError, load_model
 from engine.timing import Timings
 from kernels.xp import to_host
-
-SPLIT_KEYS = ("kind", "layout", "root", "seed", "test_fraction", "validation_fraction", "validation_source",
-              "counts", "split_hashes", "file_list_hash")
 
 
 class SplitMismatchError(ModelFileError):
     """The data given to evaluate is not the data the model was fitted on, or overlaps its training rows."""
-
-
-def split_record(source: dict) -> dict:
-    """What a model file keeps of load_splits' source: enough to re-create and verify each split."""
-    return {k: source.get(k) for k in SPLIT_KEYS}
 
 
 def _recorded_args(rec: dict | None, data, seed, test_fraction, validation_fraction):
@@ -70,6 +62,18 @@ def check_split(rec: dict | None, source: dict, split: str) -> None:
             "--no-split-check scores other data anyway")
 
 
+def accuracy(clf, batches, encoded, remap=None) -> tuple[float, int]:
+    """(accuracy, rows) of the classifier over (features, labels) batches; remap: data's class
+    index -> the model's."""
+    right = total = 0
+    for pred, y in clf.predict_stream(batches, encoded):
+        y = to_host(y) if remap is None else remap[to_host(y)]
+        right += int((to_host(pred) == y).sum())
+        total += len(y)
+    return right / max(total, 1), total
+
+
+
 @dataclass
 class EvaluateConfig:
     model: str  # a model file (`otl fit --out`)
@@ -90,7 +94,6 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     """Accuracy of a saved model on `cfg.split` (default: the test split the fit held out)."""
     from engine.data import load_splits
     from engine.featurize import Featurizer
-    from engine.train import _accuracy, load_model
 
     t = Timings()
     m = load_model(cfg.model)
@@ -111,7 +114,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
                          f"(the model knows {m.classifier.classes_})")
     remap = np.array([m.classifier.classes_.index(c) for c in splits.classes])
     with Featurizer(build, cfg.batch_size, cfg.workers, cfg.progress) as f:
-        acc, total = _accuracy(m.classifier, f.featurize(ds, desc=f"evaluate {cfg.split}"), False, remap)
+        acc, total = accuracy(m.classifier, f.featurize(ds, desc=f"evaluate {cfg.split}"), False, remap)
     t.seconds.update(m.classifier.timings_.seconds)
     return {"accuracy": acc, "n": total, "split": cfg.split, "model": str(cfg.model),
             "split_checked": bool(rec), "build": build.describe(), "timings": t.as_dict()}
@@ -128,7 +131,6 @@ class PredictConfig:
 def predict(cfg: PredictConfig) -> list[dict]:
     """One row per image: {"image", "class", "score"}; score is the ridge decision value of the class."""
     from engine.data import Preprocess, load_rgb
-    from engine.train import load_model
 
     m = load_model(cfg.model)
     build = m.build(cfg.build, cfg.threads)

@@ -14,10 +14,9 @@ from pathlib import Path
 
 
 from engine.classifier import TransferClassifier
-from engine.model_file import ModelFileError, load_npz, save_npz
-from engine.evaluate import split_record
+from engine.evaluate import accuracy
+from engine.model_file import save_model, split_record
 from engine.timing import Timings
-from kernels.xp import to_host
 from kernels.encode import DEFAULT_SPEC
 
 HOLDOUT_FRACTION = 0.1  # --select holdout without validation/ carves this much of train
@@ -84,7 +83,7 @@ def fit(cfg: FitConfig) -> tuple[TransferClassifier, dict]:
                        encoded=src.encoded)
         test_acc, n_test = None, 0
         if src.has("test"):
-            test_acc, n_test = _accuracy(clf, src.batches("test"), src.encoded)
+            test_acc, n_test = accuracy(clf, src.batches("test"), src.encoded)
     sel = clf.selection_.to_dict() if clf.selection_ is not None else None
     trained_on = ["train"] + (["validation"] if clf.n_final_ > clf.n_train_ else [])
     split = dict(src.split, trained_on=trained_on)
@@ -116,18 +115,6 @@ def recipe(build_info: dict | None, clf: TransferClassifier, cfg: FitConfig) -> 
             "precision": eng.get("precision"), "encoder": clf.encoder_.spec,
             "encoder_stats": clf.encoder_.stats_, "projection": cfg.projection,
             "n_components": cfg.n_components if cfg.projection != "none" else None}
-
-
-def _accuracy(clf, batches, encoded, remap=None) -> tuple[float, int]:
-    """(accuracy, rows) of the classifier over (features, labels) batches; remap: data's class
-    index -> the model's."""
-    right = total = 0
-    for pred, y in clf.predict_stream(batches, encoded):
-        y = to_host(y) if remap is None else remap[to_host(y)]
-        right += int((to_host(pred) == y).sum())
-        total += len(y)
-    return right / max(total, 1), total
-
 
 
 def _timed(iterable, t: Timings, stage: str):
@@ -216,52 +203,3 @@ class _StoreSource:
 
     def validation(self):
         return self.batches("validation") if self.has("validation") else None
-
-
-# ----------------------------------------------------------------------------- model files
-
-
-def save_model(path, clf: TransferClassifier, build_info: dict, build_root, split: dict | None = None) -> Path:
-    """The classifier plus its build reference and the split it was trained on, one .npz."""
-    meta, arrays = clf.state()
-    meta = dict(meta, format="otl-model", build=build_info, split=split,
-                build_dir=str(Path(build_root).resolve()) if build_root else None)
-    return save_npz(path, meta, arrays)
-
-
-@dataclass
-class LoadedModel:
-    classifier: TransferClassifier
-    meta: dict
-
-    @property
-    def build_info(self) -> dict:
-        """The describe() of the build the model was trained on; files written before the rename
-        call it "engine" (and its folder "engine_dir")."""
-        return self.meta.get("build") or self.meta.get("engine") or {}
-
-    def build(self, build_dir=None, threads=None):
-        """The build that made the training features; refuses one whose manifest key differs."""
-        from engine.build_folder import Build
-
-        root = build_dir or self.meta.get("build_dir") or self.meta.get("engine_dir")
-        if not root:
-            raise ModelFileError("this model was trained from a feature store without a build reference; "
-                                 "pass --build BUILD_DIR")
-        made = Build(root, threads=threads)
-        info = self.build_info
-        want = info.get("key")
-        if want and made.key != want:
-            raise ModelFileError(
-                f"build {root} (key {made.key[:12]}) is not the build this model was trained with "
-                f"(key {want[:12]}: {info.get('model')} {info.get('cut')} {info.get('precision')}); "
-                "rebuild it with the same settings or retrain"
-            )
-        return made
-
-
-def load_model(path) -> LoadedModel:
-    meta, arrays = load_npz(path)
-    if meta.get("format") != "otl-model":
-        raise ModelFileError(f"{path} holds a bare classifier, not an otl model with its build")
-    return LoadedModel(TransferClassifier.from_state(meta, arrays), meta)

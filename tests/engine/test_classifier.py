@@ -9,7 +9,8 @@ import pytest
 from engine.classifier import TransferClassifier
 from engine.evaluate import EvaluateConfig, PredictConfig, evaluate, predict
 from engine.model_file import ModelFileError, load_npz, save_npz
-from engine.train import FitConfig, fit, load_model
+from engine.model_file import load_model
+from engine.train import FitConfig, fit
 
 
 def _blobs(n=600, k=64, classes=4, seed=0):

@@ -9,10 +9,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import torch
 
 from engine.artifacts import ArtifactError, read_manifest
-from engine.backbones import build_cut
 from engine.build import BuildError, BuildConfig, make_build
 from engine.backends import RunnerError, available_backends, make_runner
 from engine.build_folder import Build

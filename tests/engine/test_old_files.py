@@ -12,7 +12,8 @@ from engine.build import BuildConfig, make_build
 from engine.build_folder import Build
 from engine.evaluate import EvaluateConfig, evaluate
 from engine.store import FeatureStore
-from engine.train import FitConfig, fit, load_model
+from engine.model_file import load_model
+from engine.train import FitConfig, fit
 from helpers import ort_features
 
 V1 = Path(__file__).resolve().parents[1] / "fixtures" / "v1"
