@@ -18,7 +18,7 @@ _EXPORTS = {
     "make_runner": "engine.backends", "load_splits": "engine.data", "Featurizer": "engine.featurize",
     "FeaturizeConfig": "engine.featurize", "featurize": "engine.featurize", "FeatureStore": "engine.store",
     "TransferClassifier": "engine.classifier", "FitConfig": "engine.train", "fit": "engine.train",
-    "load_model": "engine.model_file", "EvaluateConfig": "engine.evaluate", "evaluate": "engine.evaluate",
+    "load_model": "engine.evaluate", "EvaluateConfig": "engine.evaluate", "evaluate": "engine.evaluate",
     "PredictConfig": "engine.evaluate", "predict": "engine.evaluate",
 }
 __all__ = sorted(_EXPORTS)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.model_file import ModelFileError, load_model
+from engine.classifier import TransferClassifier
+from engine.model_file import ModelFileError, load_npz
 from engine.timing import Timings
 from kernels.xp import to_host
 
@@ -72,6 +73,44 @@ def accuracy(clf, batches, encoded, remap=None) -> tuple[float, int]:
         total += len(y)
     return right / max(total, 1), total
 
+
+
+@dataclass
+class LoadedModel:
+    classifier: TransferClassifier
+    meta: dict
+
+    @property
+    def build_info(self) -> dict:
+        """The describe() of the build the model was trained on; files written before the rename
+        call it "engine" (and its folder "engine_dir")."""
+        return self.meta.get("build") or self.meta.get("engine") or {}
+
+    def build(self, build_dir=None, threads=None):
+        """The build that made the training features; refuses one whose manifest key differs."""
+        from engine.build_folder import Build
+
+        root = build_dir or self.meta.get("build_dir") or self.meta.get("engine_dir")
+        if not root:
+            raise ModelFileError("this model was trained from a feature store without a build reference; "
+                                 "pass --build BUILD_DIR")
+        made = Build(root, threads=threads)
+        info = self.build_info
+        want = info.get("key")
+        if want and made.key != want:
+            raise ModelFileError(
+                f"build {root} (key {made.key[:12]}) is not the build this model was trained with "
+                f"(key {want[:12]}: {info.get('model')} {info.get('cut')} {info.get('precision')}); "
+                "rebuild it with the same settings or retrain"
+            )
+        return made
+
+
+def load_model(path) -> LoadedModel:
+    meta, arrays = load_npz(path)
+    if meta.get("format") != "otl-model":
+        raise ModelFileError(f"{path} holds a bare classifier, not an otl model with its build")
+    return LoadedModel(TransferClassifier.from_state(meta, arrays), meta)
 
 
 @dataclass

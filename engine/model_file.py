@@ -1,6 +1,6 @@
 """Model files: a fitted TransferClassifier on disk (one .npz, no pickle), and the otl model file
-that adds the build which made its features and the split it was trained on (save_model,
-load_model).
+that adds the build which made its features and the split it was trained on (save_model;
+engine/evaluate.py's load_model reads it back).
 
     meta, arrays = classifier_state(clf)           # JSON-able dict, {name: ndarray}
     save_npz(path, meta, arrays)                   # written atomically
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -141,43 +140,3 @@ def save_model(path, clf, build_info: dict, build_root, split: dict | None = Non
     meta = dict(meta, format="otl-model", build=build_info, split=split,
                 build_dir=str(Path(build_root).resolve()) if build_root else None)
     return save_npz(path, meta, arrays)
-
-
-@dataclass
-class LoadedModel:
-    classifier: object  # engine.classifier.TransferClassifier
-    meta: dict
-
-    @property
-    def build_info(self) -> dict:
-        """The describe() of the build the model was trained on; files written before the rename
-        call it "engine" (and its folder "engine_dir")."""
-        return self.meta.get("build") or self.meta.get("engine") or {}
-
-    def build(self, build_dir=None, threads=None):
-        """The build that made the training features; refuses one whose manifest key differs."""
-        from engine.build_folder import Build
-
-        root = build_dir or self.meta.get("build_dir") or self.meta.get("engine_dir")
-        if not root:
-            raise ModelFileError("this model was trained from a feature store without a build reference; "
-                                 "pass --build BUILD_DIR")
-        made = Build(root, threads=threads)
-        info = self.build_info
-        want = info.get("key")
-        if want and made.key != want:
-            raise ModelFileError(
-                f"build {root} (key {made.key[:12]}) is not the build this model was trained with "
-                f"(key {want[:12]}: {info.get('model')} {info.get('cut')} {info.get('precision')}); "
-                "rebuild it with the same settings or retrain"
-            )
-        return made
-
-
-def load_model(path) -> LoadedModel:
-    meta, arrays = load_npz(path)
-    if meta.get("format") != "otl-model":
-        raise ModelFileError(f"{path} holds a bare classifier, not an otl model with its build")
-    from engine.classifier import TransferClassifier
-
-    return LoadedModel(TransferClassifier.from_state(meta, arrays), meta)

@@ -9,7 +9,7 @@ import pytest
 from engine.classifier import TransferClassifier
 from engine.evaluate import EvaluateConfig, PredictConfig, evaluate, predict
 from engine.model_file import ModelFileError, load_npz, save_npz
-from engine.model_file import load_model
+from engine.evaluate import load_model
 from engine.train import FitConfig, fit
 
 

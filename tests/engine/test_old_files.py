@@ -12,7 +12,7 @@ from engine.build import BuildConfig, make_build
 from engine.build_folder import Build
 from engine.evaluate import EvaluateConfig, evaluate
 from engine.store import FeatureStore
-from engine.model_file import load_model
+from engine.evaluate import load_model
 from engine.train import FitConfig, fit
 from helpers import ort_features
 
