@@ -133,8 +133,7 @@ def bench_model(name: str, args, work: Path) -> dict:
     import onnx
     import torch
 
-    from calibration.collect import calibrate
-    from calibration.qdq import quantize_model
+    from calibration import calibrate, quantize_model
 
     torch.set_num_threads(args.threads)
     module = build_module(name)
@@ -146,7 +145,7 @@ def bench_model(name: str, args, work: Path) -> dict:
     t = time.perf_counter()
     res = calibrate(module, batches, model, num_images=args.num_calib, progress=False)
     ours_s = time.perf_counter() - t
-    q = quantize_model(model, res.thresholds, "onnxruntime", res.nonneg, res.channel_mean)  # bias-corrected
+    q = quantize_model(model, res.amax, "onnxruntime", res.nonneg, res.channel_mean)  # bias-corrected
     ours = work / f"{name}_int8_ort.onnx"
     onnx.save(q, str(ours))
     row = {"model": name, "calib_images": len(calib), "ours_calib_s": ours_s, "n_tensors": res.n_tensors}

@@ -9,7 +9,7 @@ error of its features against fp32 on the test split. All calibrators see the sa
 
 Our engines: entropy with every activation in int8; percentile likewise; the default (first three
 activations in fp32, int8 weights bias-corrected) with and without bias correction; the default plus
-output-aware threshold refinement.
+output-aware refinement of each tensor's amax (clip value).
 """
 from __future__ import annotations
 
@@ -73,12 +73,13 @@ def weights_only_model(fp32_onnx, calibration_json, out: Path, skip_inputs=()) -
     import onnx
     from onnx import numpy_helper
 
-    from calibration.qdq import _Graph, weight_error_shift
+    from calibration.bias import weight_error_shift
+    from calibration.graph import Graph
     from calibration.scales import quantize_weights
 
     means = json.loads(Path(calibration_json).read_text())["result"]["channel_mean"]
     model = onnx.load(str(fp32_onnx))
-    gr = _Graph(model)
+    gr = Graph(model)
     for n in gr.weighted_nodes():
         if n.input[0] in skip_inputs or n.op_type not in ("Conv", "Gemm"):
             continue
@@ -130,68 +131,33 @@ def _stderr(accs, ref_accs) -> float:
     return float(d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else float("nan")
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=str(SHARED / "data" / "clothing"))
-    p.add_argument("--calibration-images", type=int, default=256,
-                   help="the same images for every calibrator (ONNX Runtime's keeps all activations in memory)")
-    p.add_argument("--components", type=int, default=4000)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--refine-images", type=int, default=64, help="images for the refined engine's threshold search")
-    p.add_argument("--build", default=str(REPO / "builds" / "bench-int8-mobilenet_v2"))
-    a = p.parse_args(argv)
-    if not Path(a.data).is_dir():
-        print(f"skipped: {a.data} not found (needs ../shared)")
-        return
-    import os
+def our_builds(a, common: dict) -> tuple[dict, dict, dict, dict]:
+    """(fp32 build, all-int8 entropy build, label -> engine file, label -> calibration seconds)
+    for our engines (see the module docstring)."""
+    from engine.build import BuildConfig, make_build
 
-    from bench_end_to_end import _torch_home
-    from bench_int8 import feature_agreement
-
-    os.environ["TORCH_HOME"] = _torch_home()
-    from engine.backbones import preprocess_for
-    from engine.build import EngineConfig, build_engine
-    from engine.data import iter_batches, load_splits, subset
-    from engine.runners import make_runner
-
-    common = dict(model="mobilenet_v2", weights="imagenet", backend="onnxruntime", data=a.data,
-                  calibration_images=a.calibration_images, threads=a.threads)
-    fp32 = build_engine(EngineConfig(**common, precision="fp32", out=a.build + "-fp32"))
-    ours = build_engine(EngineConfig(**common, precision="int8", keep_fp32=0, out=a.build + "-int8"))
-    ours_s = ours["calibration"]["seconds"]
-    splits = load_splits(a.data, preprocess_for("mobilenet_v2", "imagenet"))
-    calib_ds = subset(splits.train, a.calibration_images, seed=0)  # the same images ours used
-    calib = np.concatenate([x for x, _, _ in iter_batches(calib_ds, 32, progress=False)])
-
-    variants = {  # label -> (EngineConfig overrides, build folder suffix)
+    fp32 = make_build(BuildConfig(**common, precision="fp32", out=a.build + "-fp32"))
+    ours = make_build(BuildConfig(**common, precision="int8", keep_fp32=0, out=a.build + "-int8"))
+    variants = {  # label -> (BuildConfig overrides, build folder suffix)
         "otl percentile, all int8": (dict(calibration_method="percentile", keep_fp32=0), "-int8-percentile"),
         "otl entropy, keep 3, no bias corr.": (dict(keep_fp32=3, bias_correction=False), "-int8-keep3-nobc"),
         "otl entropy, keep 3 (default)": (dict(keep_fp32=3), "-int8-keep3"),
         f"otl keep 3 + --refine-images {a.refine_images}": (dict(keep_fp32=3, refine_images=a.refine_images),
                                                              f"-int8-keep3-refine{a.refine_images}"),
     }
-    engines = {"fp32": fp32["engine"], "otl entropy, all int8": ours["engine"]}
-    seconds = {"fp32": 0.0, "otl entropy, all int8": ours_s}
+    engines = {"fp32": fp32["artifact"], "otl entropy, all int8": ours["artifact"]}
+    seconds = {"fp32": 0.0, "otl entropy, all int8": ours["calibration"]["seconds"]}
     for label, (over, suffix) in variants.items():
-        built = build_engine(EngineConfig(**common, precision="int8", **over, out=a.build + suffix))
-        engines[label] = built["engine"]
+        built = make_build(BuildConfig(**common, precision="int8", **over, out=a.build + suffix))
+        engines[label] = built["artifact"]
         c = built["calibration"]
         seconds[label] = c["seconds"] + ((c.get("refine") or {}).get("seconds") or 0.0)
-    with tempfile.TemporaryDirectory() as tmp:
-        calib_json = Path(ours["build_dir"]) / "calibration.json"
-        engines["int8 weights only (floor)"] = str(weights_only_model(fp32["onnx"], calib_json, Path(tmp) / "w.onnx"))
-        engines["int8 weights only, keep 3 (floor)"] = str(weights_only_model(
-            fp32["onnx"], calib_json, Path(tmp) / "w3.onnx", skip_inputs=build_engine(
-                EngineConfig(**common, precision="int8", keep_fp32=3, out=a.build + "-int8-keep3"))["calibration"]["kept_fp32"]))
-        seconds["int8 weights only (floor)"] = seconds["int8 weights only, keep 3 (floor)"] = 0.0
-        for label, bins in (("quantize_static entropy 2048/128", (2048, 128)), ("quantize_static default", None)):
-            out = Path(tmp) / (label.replace(" ", "_").replace("/", "_") + ".onnx")
-            seconds[label] = ort_quantize_static(Path(fp32["onnx"]), out, calib, bins)
-            engines[label] = str(out)
-        rows = {}
-        for label, path in engines.items():
-            with make_runner("onnxruntime", path, threads=a.threads) as r:
-                rows[label] = evaluate_runner(r, splits, a.components, a.threads)
+    return fp32, ours, engines, seconds
+
+
+def print_table(a, rows: dict, seconds: dict) -> None:
+    from bench_int8 import feature_agreement
+
     ref = rows["fp32"]
     print(f"clothing, mobilenet_v2 ImageNet, {a.components} components (test accuracy: mean of projection seeds "
           f"{SEEDS}), {a.calibration_images} calibration images, {a.threads} threads; 'calib s' of ours is the "
@@ -203,6 +169,53 @@ def main(argv=None) -> None:
               f"{100 * r['test_accuracy']:>9.2f}%{100 * (r['test_accuracy'] - ref['test_accuracy']):>+9.2f}"
               f"{100 * _stderr(r['accs'], ref['accs']):>7.2f}"
               f"{100 * agr['sign_agreement']:>9.2f}%{agr['relative_error']:>9.3f}")
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=str(SHARED / "data" / "clothing"))
+    p.add_argument("--calibration-images", type=int, default=256,
+                   help="the same images for every calibrator (ONNX Runtime's keeps all activations in memory)")
+    p.add_argument("--components", type=int, default=4000)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--refine-images", type=int, default=64, help="images for the refined engine's amax search")
+    p.add_argument("--build", default=str(REPO / "builds" / "bench-int8-mobilenet_v2"))
+    a = p.parse_args(argv)
+    if not Path(a.data).is_dir():
+        print(f"skipped: {a.data} not found (needs ../shared)")
+        return
+    import os
+
+    from bench_end_to_end import _torch_home
+
+    os.environ["TORCH_HOME"] = _torch_home()
+    from engine.backbones import preprocess_for
+    from engine.backends import make_runner
+    from engine.build import BuildConfig, make_build
+    from engine.data import iter_batches, load_splits, subset
+
+    common = dict(model="mobilenet_v2", weights="imagenet", backend="onnxruntime", data=a.data,
+                  calibration_images=a.calibration_images, threads=a.threads)
+    fp32, ours, engines, seconds = our_builds(a, common)
+    splits = load_splits(a.data, preprocess_for("mobilenet_v2", "imagenet"))
+    calib_ds = subset(splits.train, a.calibration_images, seed=0)  # the same images ours used
+    calib = np.concatenate([x for x, _, _ in iter_batches(calib_ds, 32, progress=False)])
+    with tempfile.TemporaryDirectory() as tmp:
+        calib_json = Path(ours["build_dir"]) / "calibration.json"
+        engines["int8 weights only (floor)"] = str(weights_only_model(fp32["onnx"], calib_json, Path(tmp) / "w.onnx"))
+        engines["int8 weights only, keep 3 (floor)"] = str(weights_only_model(
+            fp32["onnx"], calib_json, Path(tmp) / "w3.onnx", skip_inputs=make_build(
+                BuildConfig(**common, precision="int8", keep_fp32=3, out=a.build + "-int8-keep3"))["calibration"]["kept_fp32"]))
+        seconds["int8 weights only (floor)"] = seconds["int8 weights only, keep 3 (floor)"] = 0.0
+        for label, bins in (("quantize_static entropy 2048/128", (2048, 128)), ("quantize_static default", None)):
+            out = Path(tmp) / (label.replace(" ", "_").replace("/", "_") + ".onnx")
+            seconds[label] = ort_quantize_static(Path(fp32["onnx"]), out, calib, bins)
+            engines[label] = str(out)
+        rows = {}
+        for label, path in engines.items():
+            with make_runner("onnxruntime", path, threads=a.threads) as r:
+                rows[label] = evaluate_runner(r, splits, a.components, a.threads)
+    print_table(a, rows, seconds)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Thresholds from |x| histograms: TensorRT's EntropyCalibration2 (KL), max, percentile.
+"""amax (the clip value) from |x| histograms: TensorRT's EntropyCalibration2 (KL), max, percentile.
 
 The KL search, for a histogram h of B bins (B = 2048) and L = 128 quantization levels:
 
@@ -8,12 +8,12 @@ for each cut i in L..B:
            remaining bins); each level's mass sum(h[level]) is spread evenly over the bins of the
            level where P != 0; bins where P == 0 stay 0
     KL_i = sum_{P_n > 0} p_n log(p_n / q_n),  p = P / sum(P), q = Q / sum(Q)
-choose i* = argmin KL_i (first on ties); threshold = min((i* + 0.5) * bin_width, max|x|).
+choose i* = argmin KL_i (first on ties); amax = min((i* + 0.5) * bin_width, max|x|).
 
 Before the search, bin 0 is replaced by bin 1 (as NVIDIA's pytorch-quantization does in
 _compute_amax_entropy): post-ReLU tensors put a large share of their values at exactly 0, and that
-spike, smeared over a whole level by Q, would otherwise drive the search to tiny thresholds
-(measured: a ReLU'd Gaussian gets T = 1.5 sigma with the spike, 4.7 sigma without it).
+spike, smeared over a whole level by Q, would otherwise drive the search to a tiny amax
+(measured: a ReLU'd Gaussian gets amax = 1.5 sigma with the spike, 4.7 sigma without it).
 
 This is the MXNet / ONNX Runtime re-derivation of NVIDIA's algorithm without their epsilon
 smoothing: when P > 0 where Q == 0 (only possible in the last level, when the tail lands in a level
@@ -45,7 +45,7 @@ def _xlogx(x: np.ndarray) -> np.ndarray:
 
 def kl_divergences(counts: np.ndarray, num_quantized_bins: int = NUM_QUANTIZED_BINS):
     """KL_i for every cut i in num_quantized_bins..len(counts), on counts as given (the caller
-    replaces bin 0, see entropy_threshold).
+    replaces bin 0, see entropy_amax).
 
     counts: (B,) non-negative counts. Returns (cuts (n,) int64, kl (n,) float64; +inf where
     undefined: no mass below the cut, or P > 0 where Q == 0).
@@ -86,8 +86,8 @@ def kl_divergences(counts: np.ndarray, num_quantized_bins: int = NUM_QUANTIZED_B
     return cuts, np.maximum(kl, 0.0)
 
 
-def entropy_threshold(hist: TensorHistogram, num_quantized_bins: int = NUM_QUANTIZED_BINS) -> float:
-    """EntropyCalibration2 threshold of one histogram (0.0 for an all-zero tensor)."""
+def entropy_amax(hist: TensorHistogram, num_quantized_bins: int = NUM_QUANTIZED_BINS) -> float:
+    """EntropyCalibration2 amax of one histogram (0.0 for an all-zero tensor)."""
     if hist.hist_range is None or hist.max_abs == 0.0:
         return 0.0
     counts = hist.counts.copy()
@@ -100,7 +100,7 @@ def entropy_threshold(hist: TensorHistogram, num_quantized_bins: int = NUM_QUANT
     return min((best + 0.5) * hist.bin_width, hist.max_abs)
 
 
-def percentile_threshold(hist: TensorHistogram, percentile: float = DEFAULT_PERCENTILE) -> float:
+def percentile_amax(hist: TensorHistogram, percentile: float = DEFAULT_PERCENTILE) -> float:
     """Upper edge of the first bin where the CDF of |x| reaches percentile, capped at max|x|."""
     if not 0.0 < percentile <= 100.0:
         raise ValueError(f"percentile must be in (0, 100], got {percentile}")
@@ -111,37 +111,31 @@ def percentile_threshold(hist: TensorHistogram, percentile: float = DEFAULT_PERC
     return min((k + 1) * hist.bin_width, hist.max_abs)
 
 
-def compute_threshold(hist: TensorHistogram, method: str = "entropy",
-                      percentile: float = DEFAULT_PERCENTILE,
-                      num_quantized_bins: int = NUM_QUANTIZED_BINS) -> float:
+def compute_amax(hist: TensorHistogram, method: str = "entropy",
+                 percentile: float = DEFAULT_PERCENTILE,
+                 num_quantized_bins: int = NUM_QUANTIZED_BINS) -> float:
+    """amax (>= 0, in the tensor's units) of one histogram by `method` (one of METHODS)."""
     check_method(method)
     if method == "max":
         return float(hist.max_abs)
     if method == "percentile":
-        return percentile_threshold(hist, percentile)
-    return entropy_threshold(hist, num_quantized_bins)
+        return percentile_amax(hist, percentile)
+    return entropy_amax(hist, num_quantized_bins)
 
 
-def compute_thresholds(hists: dict[str, TensorHistogram], method: str = "entropy",
-                       percentile: float = DEFAULT_PERCENTILE) -> dict[str, float]:
-    """Threshold (>= 0, in the tensor's units) per tensor name."""
-    check_method(method)
-    return {name: compute_threshold(h, method, percentile) for name, h in hists.items()}
-
-
-# Threshold refinement (calibration.refine) chooses from, per tensor: the three methods, and the
+# Refinement (calibration.refine) chooses each tensor's amax from the three methods, with the
 # percentile at three depths (the best clip point differs from layer to layer).
 CANDIDATE_PERCENTILES = (99.9, 99.99, 99.999)
 
 
-def candidate_thresholds(hists: dict[str, TensorHistogram],
-                         percentile: float = DEFAULT_PERCENTILE) -> dict[str, dict[str, float]]:
-    """Per tensor: {"entropy": T, "max": T, "percentile99.9": T, ...} (every method's threshold)."""
+def candidate_amax(hists: dict[str, TensorHistogram],
+                   percentile: float = DEFAULT_PERCENTILE) -> dict[str, dict[str, float]]:
+    """Per tensor: {"entropy": a, "max": a, "percentile99.9": a, ...} (every method's amax)."""
     pcts = sorted(set(CANDIDATE_PERCENTILES) | {percentile})
     out = {}
     for name, h in hists.items():
-        c = {"entropy": entropy_threshold(h), "max": float(h.max_abs)}
-        c.update({f"percentile{p:g}": percentile_threshold(h, p) for p in pcts})
+        c = {"entropy": entropy_amax(h), "max": float(h.max_abs)}
+        c.update({f"percentile{p:g}": percentile_amax(h, p) for p in pcts})
         out[name] = c
     return out
 

@@ -1,37 +1,37 @@
-"""Output-aware threshold refinement: per tensor, the calibrator threshold that disturbs the
-features least.
+"""Output-aware refinement: per tensor, the calibrator's amax that disturbs the features least.
 
 Each calibration method looks at one tensor at a time (KL for entropy, coverage for max and
 percentile), and no single method is best for every layer: on MobileNetV2 (ImageNet weights, real
-photos) refinement moved 19 of 59 entropy thresholds, both ways: the late residual stream far
+photos) refinement moved 19 of 59 entropy amax values, both ways: the late residual stream far
 lower (6.0 -> 1.7 on a tensor whose max is 30.6), a few ReLU6 outputs higher (0.63 -> 1.16).
 
 Refinement measures instead of guessing: it runs the int8 model (the "onnxruntime" encoding, on
 ONNX Runtime) on a few calibration images, and for each quantized tensor in graph order tries
-every candidate threshold the calibrator computed
-(CalibrationResult.candidates: entropy, max, three percentiles), keeping one only when it lowers
-the relative L2 distance of the engine outputs to fp32. A greedy coordinate descent, one pass:
-len(tensors) x len(candidates) int8 runs (MobileNetV2 on 64 images: 59 tensors, 234 runs, 80-110 s
-on 2 cores; measured there: feature error 0.169 -> 0.107 and sign agreement 95.2 % -> 96.8 % on the
-372 held-out test images).
+every candidate amax the calibrator computed (CalibrationResult.candidates: entropy, max, three
+percentiles), keeping one only when it lowers the relative L2 distance of the engine outputs to
+fp32. A greedy coordinate descent, one pass: len(tensors) x len(candidates) int8 runs
+(MobileNetV2 on 64 images: 59 tensors, 234 runs, 80-110 s on 2 cores; measured there: feature
+error 0.169 -> 0.107 and sign agreement 95.2 % -> 96.8 % on the 372 held-out test images).
 
 It never changes which tensors are quantized, only their scales, so speed is unchanged.
 """
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 
-from calibration.qdq import activation_tensors, quantize_model
+from calibration.placement import activation_tensors
+from calibration.qdq import quantize_model
+from calibration.result import CALIBRATION_VERSION
+from kernels.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
-# candidates closer than this (relative) to the current threshold are not tried
+# candidates closer than this (relative) to the current amax are not tried
 _SAME = 0.01
 
 
@@ -51,7 +51,12 @@ class RefineReport:
 
 
 class _Evaluator:
-    """Relative L2 distance of a candidate model's outputs to the fp32 model's, on fixed images."""
+    """Relative L2 distance of a candidate model's outputs to the fp32 model's, on fixed images.
+
+    A session of its own, not engine's ONNX Runtime runner: calibration/ may not import engine/,
+    and the runner opens a file while this runs hundreds of in-memory models. CPU provider: the
+    "onnxruntime" encoding is made for ONNX Runtime's CPU int8 kernels.
+    """
 
     def __init__(self, fp32_model: onnx.ModelProto, images: np.ndarray, threads: int | None, batch: int = 32):
         import onnxruntime as ort
@@ -82,56 +87,53 @@ class _Evaluator:
         return float(np.linalg.norm(y - self.ref)) / self.ref_norm
 
 
-def refine_thresholds(fp32_model, result, images: np.ndarray, threads: int | None = None,
-                      bias_correction: bool = True, progress: bool | None = None):
-    """(thresholds, RefineReport): result.thresholds with each tensor's threshold replaced by the
-    candidate (result.candidates) that gives the int8 "onnxruntime" model the smallest output
-    error on `images` ((N, C, H, W) float32, preprocessed). Tensors without a threshold in
-    `result` (kept in fp32) stay that way.
+def _check(images: np.ndarray, result) -> None:
+    if images.ndim != 4 or len(images) == 0:
+        raise ValueError(f"refinement needs an (N, C, H, W) batch of at least one image, got shape {images.shape}")
+    if not result.candidates:
+        raise ValueError(
+            "this calibration result has no candidate amax values (it was made by hand, or before "
+            f"calibration version {CALIBRATION_VERSION}); recalibrate with calibrate() to refine. For a "
+            "build folder: delete its calibration.json (--force alone reuses that cache)")
+
+
+def refine_amax(fp32_model, result, images: np.ndarray, threads: int | None = None,
+                bias_correction: bool = True, progress: bool | None = None):
+    """(amax, RefineReport): result.amax with each tensor's amax replaced by the candidate
+    (result.candidates) that gives the int8 "onnxruntime" model the smallest output error on
+    `images` ((N, C, H, W) float32, preprocessed). Tensors without an amax in `result` (kept in
+    fp32) stay that way.
     """
     if not isinstance(fp32_model, onnx.ModelProto):
         fp32_model = onnx.load(str(fp32_model))
     images = np.asarray(images)
-    if images.ndim != 4 or len(images) == 0:
-        raise ValueError(f"refinement needs an (N, C, H, W) batch of at least one image, got shape {images.shape}")
-    if not result.candidates:
-        raise ValueError("this calibration result has no candidate thresholds (made by an older otl); "
-                         "recalibrate (delete calibration.json or pass --force) to refine")
+    _check(images, result)
     t0 = time.perf_counter()
     ev = _Evaluator(fp32_model, images, threads)
-    thr = dict(result.thresholds)
+    amax = dict(result.amax)
 
-    def err(th):
-        q = quantize_model(fp32_model, th, "onnxruntime", result.nonneg, result.channel_mean, bias_correction)
+    def err(trial):
+        q = quantize_model(fp32_model, trial, "onnxruntime", result.nonneg, result.channel_mean, bias_correction)
         return ev.error(q)
 
-    best = before = err(thr)
-    order = [t for t in activation_tensors(fp32_model, "onnxruntime") if t in thr and t in result.candidates]
-    bar = None
-    if progress or (progress is None and sys.stderr.isatty()):
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(order), desc="refine", unit="tensor")
+    best = before = err(amax)
+    order = [t for t in activation_tensors(fp32_model, "onnxruntime") if t in amax and t in result.candidates]
     trials, changed = 0, {}
-    try:
+    with progress_bar(progress, total=len(order), desc="refine", unit="tensor") as bar:
         for t in order:
             for name, value in result.candidates[t].items():
-                if not value > 0 or abs(value - thr[t]) <= _SAME * max(thr[t], 1e-30):
+                if not value > 0 or abs(value - amax[t]) <= _SAME * max(amax[t], 1e-30):
                     continue
-                trial = dict(thr)
+                trial = dict(amax)
                 trial[t] = float(value)
                 e = err(trial)
                 trials += 1
                 if e < best:
-                    best, thr = e, trial
+                    best, amax = e, trial
                     changed[t] = name
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+            bar.update(1)
     report = RefineReport(images=len(images), error_before=before, error_after=best, trials=trials,
                           seconds=time.perf_counter() - t0, changed=changed)
-    log.info("refinement: output error %.4f -> %.4f (%d thresholds changed, %d trials, %.1f s)",
+    log.info("refinement: output error %.4f -> %.4f (%d amax values changed, %d trials, %.1f s)",
              before, best, len(changed), trials, report.seconds)
-    return thr, report
+    return amax, report

@@ -3,7 +3,7 @@
     TRT-<version>-EntropyCalibration2
     <tensor name>: <IEEE-754 bits of the float32 scale as 8 hex digits, most significant first>
 
-The scale is threshold / 127. <version> is TensorRT's getVersion() integer (8601 = 8.6.1). Only
+The scale is amax / 127. <version> is TensorRT's getVersion() integer (8601 = 8.6.1). Only
 older, implicitly quantized TensorRT builds read this file; TensorRT 10/11 strongly typed networks
 take their scales from the Q/DQ ONNX instead.
 """
@@ -33,7 +33,7 @@ def format_trt_cache(scales: dict[str, float], trt_version: int = DEFAULT_TRT_VE
 
 
 def write_trt_cache(path, scales: dict[str, float], trt_version: int = DEFAULT_TRT_VERSION) -> Path:
-    """scales: tensor name -> threshold / 127. Written atomically."""
+    """scales: tensor name -> amax / 127. Written atomically."""
     return atomic_write_text(path, format_trt_cache(scales, trt_version))
 
 

@@ -1,11 +1,10 @@
-"""KL search vs a loop re-derivation; histogram merging; max/percentile; bad inputs."""
+"""KL search vs a loop re-derivation; histogram merging; max, percentile and the candidates."""
 import math
 
 import numpy as np
 import pytest
 
-from calibration.entropy import (METHODS, compute_threshold, compute_thresholds, entropy_threshold,
-                                 kl_divergences)
+from calibration.entropy import METHODS, candidate_amax, compute_amax, entropy_amax, kl_divergences
 from calibration.histogram import NUM_BINS, TensorHistogram, range_for
 
 
@@ -46,7 +45,8 @@ def test_kl_vectorized_matches_loop(kind):
          "outliers": np.concatenate([rng.standard_normal(n), [60.0, -45.0, 30.0]]),
          "relu": np.maximum(rng.standard_normal(n), 0),
          "sparse": rng.standard_normal(300)}[kind]
-    counts = _hist(x).counts.copy()
+    h = _hist(x)
+    counts = h.counts.copy()
     counts[0] = counts[1]
     cuts, kl = kl_divergences(counts)
     ref = kl_loop(counts)
@@ -55,14 +55,21 @@ def test_kl_vectorized_matches_loop(kind):
     np.testing.assert_array_equal(np.isfinite(kl), fin)
     np.testing.assert_allclose(kl[fin], ref[fin], rtol=1e-7, atol=1e-10)
     assert np.argmin(kl) == np.argmin(ref)
+    # the amax is the loop's best cut (its bin's middle), capped at max|x|
+    assert entropy_amax(h) == min((cuts[np.argmin(ref)] + 0.5) * h.bin_width, h.max_abs)
 
 
-def test_heavy_tail_threshold_below_max():
+def test_heavy_tail_amax_stays_in_the_bulk():
+    """Measured: a standard Gaussian (max|x| 5.04) gets 4.82; a Laplace(1) bulk (max|x| 15.1,
+    99.99th percentile 8.97) gets 10.77 alone and 10.53 with one outlier at 80 (16x coarser bins)."""
     rng = np.random.default_rng(1)
     g = _hist(rng.standard_normal(500_000))
-    lap = _hist(np.concatenate([rng.laplace(size=500_000), [80.0]]))
-    assert 3.0 < entropy_threshold(g) <= g.max_abs
-    assert entropy_threshold(lap) < 0.5 * lap.max_abs  # one outlier at 80 must not set the range
+    bulk = rng.laplace(size=500_000)
+    lap, lap_alone = _hist(np.concatenate([bulk, [80.0]])), _hist(bulk)
+    assert 4.6 < entropy_amax(g) < 5.0 < g.max_abs
+    assert 10.0 < entropy_amax(lap) < 11.0 < np.abs(bulk).max()
+    # the outlier coarsens the bins (width 1/16 instead of 1/128) but does not move the clip point
+    assert abs(entropy_amax(lap) - entropy_amax(lap_alone)) < 0.36
 
 
 def test_histogram_merge_equals_one_shot():
@@ -89,31 +96,19 @@ def test_max_and_percentile():
     rng = np.random.default_rng(3)
     x = np.concatenate([rng.standard_normal(100_000), [50.0]])
     h = _hist(x)
-    assert compute_threshold(h, "max") == pytest.approx(50.0)
-    assert 3.0 < compute_threshold(h, "percentile", percentile=99.99) < 6.0
-    assert set(compute_thresholds({"a": h}, "max")) == {"a"}
+    assert compute_amax(h, "max") == pytest.approx(50.0)
+    assert 3.0 < compute_amax(h, "percentile", percentile=99.99) < 6.0
+    # the candidates refinement chooses from are exactly each method's amax
+    c = candidate_amax({"a": h}, percentile=99.95)["a"]
+    assert c["entropy"] == compute_amax(h, "entropy") and c["max"] == compute_amax(h, "max")
+    assert c["percentile99.95"] == compute_amax(h, "percentile", percentile=99.95)
+    assert set(c) == {"entropy", "max", "percentile99.9", "percentile99.95", "percentile99.99", "percentile99.999"}
 
 
 def test_all_zero_tensor_gives_floor():
-    from calibration.scales import MIN_THRESHOLD, act_scale
+    from calibration.scales import MIN_AMAX, act_scale
 
     h = _hist(np.zeros(1000))
     for m in METHODS:
-        assert compute_threshold(h, m) == 0.0
-    assert act_scale(0.0) == MIN_THRESHOLD / 127 > 0
-
-
-def test_unknown_method_lists_valid_ones():
-    with pytest.raises(ValueError, match="unknown calibration method 'kl'.*entropy, max, percentile"):
-        compute_threshold(TensorHistogram(), "kl")
-
-
-def test_vectorized_search_is_fast():
-    import time
-
-    rng = np.random.default_rng(4)
-    hists = [_hist(rng.laplace(size=20_000) * (i + 1)) for i in range(100)]
-    t = time.perf_counter()
-    for h in hists:
-        entropy_threshold(h)
-    assert time.perf_counter() - t < 5.0  # ~10 ms per tensor; the loop version takes seconds each
+        assert compute_amax(h, m) == 0.0
+    assert act_scale(0.0) == MIN_AMAX / 127 > 0

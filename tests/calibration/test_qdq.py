@@ -1,27 +1,28 @@
-"""End to end on small random-init models: hooks -> thresholds -> Q/DQ ONNX on ONNX Runtime."""
+"""End to end on small random-init models: hooks -> amax -> Q/DQ ONNX on ONNX Runtime."""
 import warnings
 from collections import Counter
 
 import numpy as np
 import onnx
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-ort = pytest.importorskip("onnxruntime")
+from calibration import calibrate, calibration_tensors, quantize_model, refine_amax, write_qdq_models
+from calibration.mapping import map_tensors
+from calibration.trtcache import read_trt_cache
+from engine.backends import make_runner
+from engine.export import export_onnx
+from helpers import ort_features
 
-from calibration.collect import calibrate, map_tensors  # noqa: E402
-from calibration.qdq import calibration_tensors, quantize_model, write_qdq_models  # noqa: E402
-from calibration.trtcache import read_trt_cache  # noqa: E402
-
-# int8 vs fp32 features, relative L2 error; measured ~0.017 (DenseNet) and ~0.01 (tiny net)
-REL_TOL = 0.05
+# int8 vs fp32 features, relative L2 error, per (model, encoding): about 1.5x the value measured
+# (DenseNet 0.0162 tensorrt, 0.0177 onnxruntime; the tiny net 0.0043, 0.0040), so a systematic
+# scale error (which about doubles the error) fails
+REL_TOL = {("densenet", "tensorrt"): 0.024, ("densenet", "onnxruntime"): 0.027,
+           ("tiny", "tensorrt"): 0.0065, ("tiny", "onnxruntime"): 0.006}
 
 
 def _export(module, path, size):
-    torch.onnx.export(module, (torch.randn(2, 3, size, size),), str(path), input_names=["images"],
-                      output_names=["features"], opset_version=18, dynamo=True, verbose=False,
-                      dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},))
-    return onnx.load(str(path))
+    return onnx.load(str(export_onnx(module, path, size)))
 
 
 class Tiny(torch.nn.Module):
@@ -66,13 +67,18 @@ def _batches(n, size, seed=1, bs=16):
     return [torch.randn(bs, 3, size, size, generator=g) for _ in range(n)]
 
 
-def _ort(model, x, opt_path=None):
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 2
-    if opt_path:
-        so.optimized_model_filepath = str(opt_path)
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(
-        None, {"images": x})[0]
+def _run_optimized(model, x, folder, name):
+    """(ONNX Runtime's output on x, op counts of the graph its CPU provider optimized `model` to)."""
+    f, opt = folder / f"{name}.onnx", folder / f"{name}_opt.onnx"
+    f.write_bytes(model.SerializeToString())
+    with make_runner("onnxruntime", f, threads=2, providers=["CPUExecutionProvider"],
+                     optimized_model_path=str(opt)) as r:
+        y = r.infer(x)
+    return y, Counter(n.op_type for n in onnx.load(str(opt)).graph.node)
+
+
+def _rel(y, ref):
+    return float(np.linalg.norm(y - ref) / np.linalg.norm(ref))
 
 
 @pytest.mark.parametrize("which,size", [("densenet", 64), ("tiny", 16)])
@@ -86,13 +92,12 @@ def test_qdq_models_match_fp32(which, size, request, tmp_path):
     x = _batches(1, size, seed=7, bs=8)[0]
     ref = module(x).detach().numpy()
     for enc in ("tensorrt", "onnxruntime"):
-        q = quantize_model(model, res.thresholds, enc, res.nonneg)
+        q = quantize_model(model, res.amax, enc, res.nonneg)
         onnx.checker.check_model(q)
-        y = _ort(q, x.numpy(), tmp_path / f"{enc}_opt.onnx")
-        rel = np.linalg.norm(y - ref) / np.linalg.norm(ref)
-        assert rel < REL_TOL, (enc, rel)
+        y, ops = _run_optimized(q, x.numpy(), tmp_path, enc)
+        rel = _rel(y, ref)
+        assert rel < REL_TOL[(which, enc)], (enc, rel)
         if enc == "onnxruntime" and which == "densenet":  # every Conv runs in int8 (the fast path)
-            ops = Counter(n.op_type for n in onnx.load(str(tmp_path / f"{enc}_opt.onnx")).graph.node)
             assert ops["QLinearConv"] >= sum(n.op_type == "Conv" for n in model.graph.node), ops
             assert ops["Conv"] == ops["FusedConv"] == 0, ops
 
@@ -103,7 +108,7 @@ def test_write_qdq_models_and_cache(densenet, tmp_path):
     cache = tmp_path / "calib.json"
     res = calibrate(module, _batches(1, 64), model, num_images=16, cache_path=cache, cache_key=key)
     again = calibrate(module, iter(()), model, num_images=16, cache_path=cache, cache_key=key)  # no images needed
-    assert again.thresholds == res.thresholds
+    assert again.amax == res.amax
     with pytest.warns(UserWarning, match="stale.*input_size: cached 64 != wanted 96"):
         with pytest.raises(ValueError, match="no calibration images"):
             calibrate(module, iter(()), model, num_images=16, cache_path=cache, cache_key=dict(key, input_size=96))
@@ -113,37 +118,34 @@ def test_write_qdq_models_and_cache(densenet, tmp_path):
         onnx.checker.check_model(onnx.load(str(paths[enc])))
     _, algo, scales = read_trt_cache(paths["trt_cache"])
     assert algo == "EntropyCalibration2" and "images" in scales
-    assert scales["images"] == pytest.approx(res.thresholds["images"] / 127, rel=1e-6)
+    assert scales["images"] == pytest.approx(res.amax["images"] / 127, rel=1e-6)
 
 
 def test_bad_inputs(tiny):
     module, model = tiny
     with pytest.raises(ValueError, match="no calibration images"):
         calibrate(module, [], model)
-    with pytest.warns(UserWarning, match="used 16 images, fewer than the 64 asked"):
-        calibrate(module, _batches(1, 16), model, num_images=64, progress=False)
+    assert calibrate(module, _batches(1, 16), model, num_images=64, progress=False).num_images == 16
     bad = _batches(2, 16)
     bad[1][3, 0, 0, 0] = float("nan")
     with pytest.raises(FloatingPointError, match="NaN in activation tensor 'images'.*batch 1"):
         calibrate(module, bad, model, num_images=32, progress=False)
-    with pytest.raises(ValueError, match="unknown calibration method 'minmax'; valid methods: entropy, max"):
-        calibrate(module, _batches(1, 16), model, method="minmax")
     with pytest.raises(ValueError, match="unknown Q/DQ encoding 'tflite'"):
         quantize_model(model, {}, "tflite")
 
 
 def test_all_zero_activation_gets_floor_scale(tiny):
-    from calibration.scales import MIN_THRESHOLD
+    from calibration.scales import MIN_AMAX
 
     module, model = tiny
     zeros = [torch.zeros(8, 3, 16, 16)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = calibrate(module, zeros, model, num_images=8, progress=False)
-    assert res.thresholds["images"] == MIN_THRESHOLD
-    q = quantize_model(model, res.thresholds, "onnxruntime", res.nonneg)
+    assert res.amax["images"] == MIN_AMAX
+    q = quantize_model(model, res.amax, "onnxruntime", res.nonneg)
     onnx.checker.check_model(q)
-    assert np.isfinite(_ort(q, np.zeros((2, 3, 16, 16), np.float32))).all()
+    assert np.isfinite(ort_features(q, np.zeros((2, 3, 16, 16), np.float32))).all()
 
 
 # ------------------------------------------------------------------ bias correction
@@ -157,7 +159,7 @@ def _node(op, **attrs):
 def test_weight_error_shift_is_the_mean_output_error_of_a_conv(groups):
     """A Conv is linear in x: E[conv(x, Wq) - conv(x, W)] = (Wq - W) applied to E[x], exactly when
     every window sees the same channel means (here: each image constant in space, no padding)."""
-    from calibration.qdq import weight_error_shift
+    from calibration.bias import weight_error_shift
     from calibration.scales import quantize_weights
 
     g = torch.Generator().manual_seed(groups)
@@ -177,7 +179,7 @@ def test_weight_error_shift_is_the_mean_output_error_of_a_conv(groups):
 
 @pytest.mark.parametrize("trans_b", [0, 1])
 def test_weight_error_shift_of_a_gemm(trans_b):
-    from calibration.qdq import weight_error_shift
+    from calibration.bias import weight_error_shift
     from calibration.scales import quantize_weights
 
     rng = np.random.default_rng(trans_b)
@@ -199,9 +201,9 @@ def test_calibration_records_channel_means(tiny):
     res = calibrate(module, batches, model, num_images=32, progress=False)
     want = torch.cat(batches).double().mean(dim=(0, 2, 3)).numpy()
     np.testing.assert_allclose(res.channel_mean["images"], want, rtol=1e-5, atol=1e-7)  # float32 batch sums
-    assert set(res.channel_mean) == set(res.thresholds)
+    assert set(res.channel_mean) == set(res.amax)
     assert set(res.candidates["images"]) >= {"entropy", "max", "percentile99.99"}
-    assert res.thresholds["images"] == res.candidates["images"]["entropy"]
+    assert res.amax["images"] == res.candidates["images"]["entropy"]
 
 
 def test_bias_correction_removes_the_mean_error_of_int8_weights(tmp_path):
@@ -217,12 +219,12 @@ def test_bias_correction_removes_the_mean_error_of_int8_weights(tmp_path):
     ref = m(torch.from_numpy(x)).detach().numpy().reshape(64, 16, -1)
     errs = {}
     for bc in (False, True):
-        q = quantize_model(model, res.thresholds, "onnxruntime", res.nonneg, res.channel_mean, bias_correction=bc)
+        q = quantize_model(model, res.amax, "onnxruntime", res.nonneg, res.channel_mean, bias_correction=bc)
         onnx.checker.check_model(q)
-        y = _ort(q, x).reshape(64, 16, -1)
+        y = ort_features(q, x).reshape(64, 16, -1)
         errs[bc] = np.abs((y - ref).mean(axis=(0, 2))).mean()
     assert errs[True] < 0.1 * errs[False], errs  # measured: 0.0059 -> 0.00007
-    trt = quantize_model(model, res.thresholds, "tensorrt", res.nonneg, res.channel_mean)
+    trt = quantize_model(model, res.amax, "tensorrt", res.nonneg, res.channel_mean)
     onnx.checker.check_model(trt)
     assert sum(i.name.endswith("_corrected") for i in trt.graph.initializer) == 2
 
@@ -231,31 +233,31 @@ def test_bias_correction_removes_the_mean_error_of_int8_weights(tmp_path):
 
 
 def test_refinement_lowers_the_feature_error_and_picks_from_the_candidates(tiny):
-    from calibration.refine import _Evaluator, refine_thresholds
-
     module, model = tiny
     res = calibrate(module, _batches(2, 16), model, num_images=32, progress=False)
     x = _batches(1, 16, seed=5, bs=24)[0].numpy()
-    thr, rep = refine_thresholds(model, res, x, threads=2, progress=False)
-    assert rep.error_after <= rep.error_before and rep.trials > 0 and rep.images == 24
-    assert set(thr) == set(res.thresholds)
+    amax, rep = refine_amax(model, res, x, threads=2, progress=False)
+    assert rep.changed and rep.trials > 0 and rep.images == 24
+    assert set(amax) == set(res.amax)
     for t, name in rep.changed.items():
-        assert thr[t] == pytest.approx(res.candidates[t][name])
-    for t in set(thr) - set(rep.changed):
-        assert thr[t] == res.thresholds[t]
-    # the reported error is what the refined model gives
-    again = _Evaluator(model, x, 2).error(quantize_model(model, thr, "onnxruntime", res.nonneg, res.channel_mean))
-    assert again == pytest.approx(rep.error_after, rel=1e-6)
+        assert amax[t] == pytest.approx(res.candidates[t][name]) and amax[t] != pytest.approx(res.amax[t], rel=0.01)
+    for t in set(amax) - set(rep.changed):
+        assert amax[t] == res.amax[t]
+    # measured again here, not by refine's own evaluator: fp32 and both int8 models on ONNX Runtime
+    ref = ort_features(model, x)
+    before, after = (_rel(ort_features(quantize_model(model, a, "onnxruntime", res.nonneg, res.channel_mean), x), ref)
+                     for a in (res.amax, amax))
+    assert after < before
+    assert (before, after) == pytest.approx((rep.error_before, rep.error_after), rel=1e-4)
 
 
 def test_refinement_bad_input(tiny):
     import dataclasses
 
-    from calibration.refine import refine_thresholds
-
     module, model = tiny
     res = calibrate(module, _batches(1, 16), model, num_images=16, progress=False)
     with pytest.raises(ValueError, match=r"\(N, C, H, W\).*got shape \(3, 16, 16\)"):
-        refine_thresholds(model, res, np.zeros((3, 16, 16), np.float32))
-    with pytest.raises(ValueError, match="no candidate thresholds.*recalibrate"):
-        refine_thresholds(model, dataclasses.replace(res, candidates={}), np.zeros((2, 3, 16, 16), np.float32))
+        refine_amax(model, res, np.zeros((3, 16, 16), np.float32))
+    with pytest.raises(ValueError, match=r"no candidate amax values.*recalibrate with calibrate\(\).*delete its "
+                                         r"calibration\.json \(--force alone reuses that cache\)"):
+        refine_amax(model, dataclasses.replace(res, candidates={}), np.zeros((2, 3, 16, 16), np.float32))

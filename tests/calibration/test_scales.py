@@ -1,16 +1,19 @@
-"""JSON calibration cache (key invalidation) and TensorRT's text cache."""
+"""JSON calibration cache (key invalidation, files of the old format) and TensorRT's text cache."""
+import json
+import shutil
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from calibration.scales import (CALIBRATION_VERSION, CalibrationResult, load_cache, quantize_weights,
-                                save_cache, weight_scales)
+from calibration.result import CALIBRATION_VERSION, CalibrationResult, load_cache, save_cache
+from calibration.scales import MIN_AMAX, quantize_weights, weight_scales
 from calibration.trtcache import format_trt_cache, parse_trt_cache, read_trt_cache, write_trt_cache
 
 
 def _result():
-    return CalibrationResult(thresholds={"x": 2.5, "relu_1": 0.75}, nonneg={"x": False, "relu_1": True},
+    return CalibrationResult(amax={"x": 2.5, "relu_1": 0.75}, nonneg={"x": False, "relu_1": True},
                              max_abs={"x": 3.0, "relu_1": 1.0}, method="entropy", num_images=8, n_tensors=2,
                              seconds=0.1)
 
@@ -22,8 +25,27 @@ KEY = {"weights": "abc", "cut": "denseblock3", "input_size": 224, "preprocessing
 def test_cache_round_trip(tmp_path):
     p = save_cache(tmp_path / "c.json", _result(), KEY)
     got = load_cache(p, dict(KEY))
-    assert got.thresholds == {"x": 2.5, "relu_1": 0.75} and got.nonneg["relu_1"] is True
+    assert got.amax == {"x": 2.5, "relu_1": 0.75} and got.nonneg["relu_1"] is True
     assert got.key["calibration_version"] == CALIBRATION_VERSION
+
+
+OLD_FORMAT = Path(__file__).parent / "fixtures" / "calibration_thresholds_format.json"
+OLD_KEY = {"model": "tiny", "weights": "random-0", "input_size": 16, "note": "written before the amax rename",
+           "method": "entropy", "num_images": 16}
+
+
+def test_cache_written_before_the_amax_rename_loads(tmp_path):
+    """A calibration.json whose result holds the clip values as "thresholds" (written by earlier
+    code, same calibration version) is used as is; saving it again writes "amax"."""
+    old = json.loads(OLD_FORMAT.read_text())["result"]
+    assert "thresholds" in old and "amax" not in old
+    got = load_cache(shutil.copy(OLD_FORMAT, tmp_path / "c.json"), OLD_KEY)
+    assert got is not None and got.amax == old["thresholds"] and len(got.amax) == got.n_tensors == 6
+    assert got.candidates == old["candidates"] and got.channel_mean == old["channel_mean"]
+    assert all(got.amax[t] == c["entropy"] for t, c in got.candidates.items())
+    new = json.loads(save_cache(tmp_path / "new.json", got, OLD_KEY).read_text())["result"]
+    assert new["amax"] == old["thresholds"] and "thresholds" not in new
+    assert load_cache(tmp_path / "new.json", OLD_KEY).amax == got.amax
 
 
 def test_changed_key_returns_none_with_reason(tmp_path):
@@ -58,6 +80,7 @@ def test_weight_scales_per_channel():
     w[0] = 1.27
     w[1, 0, 0, 0] = -0.5
     s = weight_scales(w)
-    assert s[0] == pytest.approx(0.01) and s[1] == pytest.approx(0.5 / 127) and s[2] > 0
+    assert s[0] == pytest.approx(0.01) and s[1] == pytest.approx(0.5 / 127)
+    assert s[2] == np.float32(MIN_AMAX / 127)  # an all-zero channel: the floor, never 0
     q, _ = quantize_weights(w)
     assert q.dtype == np.int8 and q[0].max() == 127 and q[1, 0, 0, 0] == -127 and not q[2].any()
