@@ -229,7 +229,7 @@ def _rewire(model: onnx.ModelProto, edits: _Edits) -> None:
 
 def write_qdq_models(onnx_model, result, out_dir, trt_version: int | None = None,
                      bias_correction: bool = True) -> dict[str, Path]:
-    """Write model_int8_tensorrt.onnx, model_int8_onnxruntime.onnx and calibration.trtcache
+    """Write model.int8-tensorrt.onnx, model.int8-onnxruntime.onnx and calibration.trtcache
     (all atomic) from a CalibrationResult. onnx_model: ModelProto or path.
     Returns {"tensorrt": path, "onnxruntime": path, "trt_cache": path}."""
     from calibration.trtcache import DEFAULT_TRT_VERSION, write_trt_cache
@@ -241,7 +241,7 @@ def write_qdq_models(onnx_model, result, out_dir, trt_version: int | None = None
     paths: dict[str, Path] = {}
     for enc in ENCODINGS:
         q = quantize_model(onnx_model, result.amax, enc, result.nonneg, result.channel_mean, bias_correction)
-        paths[enc] = atomic_write_bytes(out_dir / f"model_int8_{enc}.onnx", q.SerializeToString())
+        paths[enc] = atomic_write_bytes(out_dir / f"model.int8-{enc}.onnx", q.SerializeToString())
     trt_tensors = [t for t in activation_tensors(onnx_model, "tensorrt") if t in result.amax]
     amax, _ = shared_amax(onnx_model, result.amax, result.nonneg, trt_tensors)
     paths["trt_cache"] = write_trt_cache(out_dir / "calibration.trtcache",

@@ -17,7 +17,7 @@ from engine.timing import Timings
 from kernels.io import sha256_json
 
 PRECISIONS = ("fp32", "fp16", "int8")
-BUILD_VERSION = 2  # 2: int8 bias correction and threshold refinement
+BUILD_VERSION = 2  # 2: int8 bias correction and amax refinement
 
 
 class BuildError(ValueError):
@@ -41,7 +41,7 @@ class BuildConfig:
     calibration_method: str = "entropy"
     keep_fp32: int = 3  # int8: the first N quantizable activations (graph order) stay fp32
     bias_correction: bool = True  # int8: biases absorb the mean error of the int8 weights
-    refine_images: int = 0  # int8: > 0 picks each threshold by output error on this many images
+    refine_images: int = 0  # int8: > 0 picks each amax by output error on this many images
     batch_size: int = 32  # also the TensorRT profile's optimal batch
     threads: int | None = None
     force: bool = False

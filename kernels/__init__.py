@@ -15,6 +15,7 @@ module on first use, so `import kernels` itself imports nothing (not even NumPy)
     loo.py            SpectralRidge: exact leave-one-out for every alpha
     selection.py      choosing alpha: LOO, K-fold from statistics, holdout
     io.py, xp.py      atomic writes and hashing; the array module (NumPy or CuPy)
+    progress.py       show_progress, progress_bar: the one rule for progress bars
 
 d is the projection's input features (bits), k the projected components = the ridge features.
 """
@@ -36,6 +37,7 @@ _EXPORTS = {
                   "alpha_scale", "kfold_squared_error", "resolve_method"),
     "io": ("atomic_write_bytes", "atomic_write_text", "atomic_write_json", "sha256_file", "sha256_json"),
     "xp": ("get_array_module", "to_host", "check_finite"),
+    "progress": ("show_progress", "progress_bar"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
 import warnings
 from typing import Iterator
 
@@ -54,7 +53,8 @@ def iter_batches(dataset: ImageDataset, batch_size: int, workers: int | None = N
     dataset.strict they raise DataError. Progress bar: on a TTY stderr, or as `progress` says.
     """
     from torch.utils.data import DataLoader
-    from tqdm import tqdm
+
+    from kernels.progress import progress_bar
 
     if batch_size < 1:
         raise DataError(f"batch_size must be >= 1, got {batch_size}")
@@ -63,9 +63,8 @@ def iter_batches(dataset: ImageDataset, batch_size: int, workers: int | None = N
     # The DataLoader batches indices; decoding happens in the collate function, in the workers.
     loader = DataLoader(range(len(dataset)), batch_size=batch_size, num_workers=workers,
                         collate_fn=functools.partial(_load_batch, dataset), prefetch_factor=2 if workers else None)
-    show = sys.stderr.isatty() if progress is None else progress
     skipped: list[str] = []
-    with tqdm(total=len(dataset), desc=desc, unit="img", disable=not show, dynamic_ncols=True) as bar:
+    with progress_bar(progress, total=len(dataset), desc=desc, unit="img", dynamic_ncols=True) as bar:
         for batch in loader:
             if isinstance(batch, DataError):
                 raise batch
