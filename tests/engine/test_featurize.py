@@ -38,22 +38,24 @@ def test_store_matches_torch(tiny_engine, tmp_path, fmt):
         assert store.raw("test").shape == (13, 8192 // 8)  # packed: one bit a feature
 
 
-def test_store_from_another_build_is_refused(tiny_engine, tmp_path):
+def _eight_row_store(tiny_engine, path):
+    """(build, splits) after writing an 8-row train store to `path`."""
     res, _ = tiny_engine
     eng = Build(res["build_dir"])
     splits = load_splits(None, eng.preprocess, test_fraction=0.5, seed=0)
     with Featurizer(eng, batch_size=8, workers=0, progress=False) as f:
-        write_store(tmp_path / "s", f, {"train": splits.train.select(range(8))}, classes=splits.classes)
+        write_store(path, f, {"train": splits.train.select(range(8))}, classes=splits.classes)
+    return eng, splits
+
+
+def test_store_from_another_build_is_refused(tiny_engine, tmp_path):
+    _eight_row_store(tiny_engine, tmp_path / "s")
     with pytest.raises(ArtifactError, match=r"was made by build .* not by the build asked for"):
         FeatureStore(tmp_path / "s", build_key="0" * 64)
 
 
 def test_interrupted_store_leaves_previous_intact(tiny_engine, tmp_path):
-    res, _ = tiny_engine
-    eng = Build(res["build_dir"])
-    splits = load_splits(None, eng.preprocess, test_fraction=0.5, seed=0)
-    with Featurizer(eng, batch_size=8, workers=0, progress=False) as f:
-        write_store(tmp_path / "s", f, {"train": splits.train.select(range(8))}, classes=splits.classes)
+    eng, splits = _eight_row_store(tiny_engine, tmp_path / "s")
 
     class Dying:
         build = eng
