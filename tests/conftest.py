@@ -11,6 +11,7 @@ from helpers import CLOTHING, MOBILENET_WEIGHTS, REPO, SHARED, TINY, needs_share
 @pytest.fixture(scope="session")
 def torch_home(tmp_path_factory):
     """A TORCH_HOME whose hub cache holds the shared MobileNetV2 ImageNet weights (symlinked)."""
+    needs_shared(MOBILENET_WEIGHTS)  # fails under OTL_REQUIRE_SHARED=1
     if not MOBILENET_WEIGHTS.exists():
         pytest.skip(f"needs {MOBILENET_WEIGHTS}")
     home = tmp_path_factory.mktemp("torch_home")

@@ -2,6 +2,7 @@
 conftest.py): paths of ../shared, the tiny build recipe, the torch and ONNX Runtime references."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,12 @@ TINY = dict(model="densenet121", cut="transition1", weights="random", input_size
 
 
 def needs_shared(*paths: Path):
+    """Skip when ../shared is absent; with OTL_REQUIRE_SHARED=1 (CI, which has it) fail instead, so a
+    moved path cannot turn the real-data tests into silent skips."""
     missing = [str(p) for p in paths if not p.exists()]
+    if missing and os.environ.get("OTL_REQUIRE_SHARED") == "1":
+        raise FileNotFoundError(f"OTL_REQUIRE_SHARED=1 but {', '.join(missing)} is absent: the real-data tests "
+                                "cannot run; put ../shared beside the checkout")
     return pytest.mark.skipif(bool(missing), reason=f"needs ../shared ({', '.join(missing)} absent)")
 
 
