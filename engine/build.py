@@ -131,7 +131,7 @@ def key_parts(cfg: BuildConfig, r: Recipe, backend: str, calib) -> dict:
 
 def make_build(cfg: BuildConfig) -> dict:
     """Build (or reuse) the build `cfg` asks for. Returns the summary `otl engines --json` prints."""
-    from engine.backends import resolve_backend
+    from engine.backends import emulated, resolve_backend
 
     check_config(cfg)
     t = Timings()
@@ -143,9 +143,7 @@ def make_build(cfg: BuildConfig) -> dict:
         from engine.int8 import calibration_plan
 
         calib = calibration_plan(cfg, r.preprocess, r.cut, r.weights_id)
-        parts = key_parts(cfg, r, backend, calib)
-    else:
-        parts = key_parts(cfg, r, backend, None)
+    parts = key_parts(cfg, r, backend, calib)
     key = sha256_json(parts)
     old = None if cfg.force else _manifest_with_key(r.out, key)
     if old is not None:
@@ -159,7 +157,7 @@ def make_build(cfg: BuildConfig) -> dict:
         "model": cfg.model, "cut": {"name": r.cut, "features": _n_features(module, r.input_size), "pool": r.pool},
         "recipe": {"pool": r.pool, "resize": r.preprocess.resize},
         "weights": {"spec": cfg.weights, "id": r.weights_id}, "seed": cfg.seed, "precision": cfg.precision,
-        "backend": backend, "emulated": _emulated(backend, cfg.precision),
+        "backend": backend, "emulated": emulated(backend, cfg.precision),
         "artifact": str(artifact.relative_to(r.out)),
         "input": {"name": "images", "shape": [-1, 3, r.input_size, r.input_size], "dtype": "float32"},
         "output": {"name": "features", "dtype": "float32"},
@@ -215,12 +213,6 @@ def _build_artifact(cfg: BuildConfig, r: Recipe, backend: str, files: dict, extr
     files.update(new_files)
     extra.update(new_extra)
     return artifact
-
-
-def _emulated(backend: str, precision: str) -> bool:
-    from engine.backends import emulated
-
-    return emulated(backend, precision)
 
 
 def _n_features(module, size: int) -> int:

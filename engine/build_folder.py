@@ -51,9 +51,9 @@ class Build:
 
     def artifact_path(self) -> Path:
         """The file this build's backend runs (an ONNX file, or a TensorRT plan)."""
-        from engine.backends import backend_module, resolve_backend
+        from engine.backends import artifact_for_build
 
-        return backend_module(resolve_backend(self.backend)).artifact_path(self.root, self.manifest)
+        return artifact_for_build(self.backend, self.root, self.manifest)
 
     def runner(self):
         from engine.backends import runner_for_build

@@ -22,7 +22,8 @@ from engine.backends.base import Runner, RunnerError
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
 AUTO_ORDER = ("tensorrt", "onnxruntime")  # what `auto` tries, best first
 
-__all__ = ["AUTO_ORDER", "BACKENDS", "Runner", "RunnerError", "available_backends", "backend_module",
+__all__ = ["AUTO_ORDER", "BACKENDS", "Runner", "RunnerError", "artifact_for_build", "available_backends",
+           "backend_module",
            "build_artifact", "buildable", "emulated", "make_runner", "onnx_file_key", "resolve_backend",
            "runner_for_build"]
 
@@ -79,8 +80,13 @@ def make_runner(backend: str, path, **options) -> Runner:
     return backend_module(resolve_backend(backend)).make_runner(path, **options)
 
 
+def artifact_for_build(backend: str, root: Path, manifest: dict) -> Path:
+    """The file of a build folder that `backend` runs (which need not be the backend it was built
+    for: a TensorRT build also holds the ONNX files ONNX Runtime runs)."""
+    return backend_module(resolve_backend(backend)).artifact_path(root, manifest)
+
+
 def runner_for_build(backend: str, root: Path, manifest: dict, threads: int | None = None) -> Runner:
-    """A runner for a build folder's artifact on `backend` (which need not be the one it was built for:
-    a TensorRT build also holds the ONNX files ONNX Runtime runs)."""
+    """A runner for a build folder's artifact on `backend` (see artifact_for_build)."""
     mod = backend_module(resolve_backend(backend))
-    return mod.make_runner(mod.artifact_path(root, manifest), **mod.runner_options(manifest, threads))
+    return mod.make_runner(artifact_for_build(backend, root, manifest), **mod.runner_options(manifest, threads))

@@ -130,7 +130,7 @@ class Builder:
         if not config.profiles:
             return None  # a dynamic-shape network without a profile does not build
         self.calls.append(("build", config))
-        header = json.dumps({k: v for k, v in config.profiles[0].shapes.items()}).encode()
+        header = json.dumps(config.profiles[0].shapes).encode()
         return MAGIC + header + b"\n" + network.onnx
 
 
