@@ -15,7 +15,7 @@ import sys
 import time
 import warnings
 
-from engine.cli import build_commands, train_commands
+from engine.cli import build_commands, report_command, train_commands
 
 __all__ = ["build_parser", "main"]
 
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for add in (build_commands.add_cuts, build_commands.add_engines, build_commands.add_featurize,
                 build_commands.add_cache, train_commands.add_fit, train_commands.add_evaluate,
-                train_commands.add_predict):
+                train_commands.add_predict, report_command.add_report):
         add(sub)
     return p
 
