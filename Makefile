@@ -1,4 +1,4 @@
-# otl — make install | engines | demo | test | test-all | bench | clean
+# otl — make install | report | engines | demo | test | test-all | bench | clean
 # Everything runs inside .venv (created by `make install`). Variables can be set on the command line:
 #   make engines PRECISION=int8 MODEL=densenet169 CUT=denseblock4.12 WEIGHTS=random DATA=path/to/images
 #   (int8: REFINE=64 picks each threshold by the feature error on 64 calibration images)
@@ -29,7 +29,7 @@ out_arg = $(if $(OUT),--out $(OUT))
 threads_arg = $(if $(THREADS),--threads $(THREADS))
 refine_arg = $(if $(REFINE),--refine-images $(REFINE))
 
-.PHONY: install install-opu engines demo test test-all bench clean
+.PHONY: install install-opu report engines demo test test-all bench clean
 
 install: $(VENV)/.installed
 
@@ -50,6 +50,15 @@ engines: install
 	$(OTL) engines --model $(MODEL) $(cut_arg) --weights $(WEIGHTS) --precision $(PRECISION) \
 		--backend $(BACKEND) $(data_arg) $(out_arg) $(threads_arg) $(refine_arg)
 
+# The main job on the embedded digits, offline: builds at three precisions and two cuts, fits over
+# seeds, the K and recipe sweeps, int8 sensitivity and the backprop baseline -> reports/digits/.
+# (Cuts before features.15: deeper, a random-init MobileNetV2's activations fall below fp16's range.)
+REPORT_OUT ?= reports/digits
+report: install
+	$(OTL) report --model mobilenet_v2 --weights random --input-size 64 --cuts features.7,features.14 \
+		--precisions fp32,fp16,int8 --n-components 500,1000 --seeds 3 --baseline-epochs 2 \
+		--calibration-images 128 --sensitivity-images 4 $(threads_arg) --out $(REPORT_OUT)
+
 demo: install
 	$(OTL) engines --model mobilenet_v2 --weights random --precision fp32 --input-size 64 --out builds/demo-fp32
 	$(OTL) fit --build builds/demo-fp32 --n-components 2000 --out builds/demo-model.npz
@@ -65,5 +74,5 @@ bench: install
 	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf builds .pytest_cache
+	rm -rf builds reports/digits .pytest_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
