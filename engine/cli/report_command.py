@@ -15,8 +15,13 @@ def _list(text: str, cast=str) -> tuple:
         raise ValueError(f"{text!r}: expected comma-separated values, e.g. 1000,2000,4000") from None
 
 
-def _cuts(text: str | None) -> tuple:
-    return (None,) if text is None else tuple(c if c != "default" else None for c in _list(text))
+def _cuts(text: str | None, what: str = "--cuts") -> tuple:
+    if text is None:
+        return (None,)
+    cuts = tuple(c if c != "default" else None for c in _list(text))
+    if not cuts:
+        raise ValueError(f"{what} {text!r}: expected comma-separated cut names (`otl cuts MODEL`)")
+    return cuts
 
 
 def add_report(sub) -> None:
@@ -47,12 +52,20 @@ def add_report(sub) -> None:
     r.add_argument("--baseline-epochs", type=int, default=d.baseline_epochs,
                    help=f"backprop baseline epochs (default {d.baseline_epochs}; 0: no baseline)")
     r.add_argument("--baseline-cuts", default=None, help="cuts the baseline trains at (default: every cut)")
+    r.add_argument("--baseline-lr", type=float, default=d.baseline_lr, help="Adam learning rate (default 1e-4)")
+    r.add_argument("--baseline-batch", type=int, default=d.baseline_batch, help=f"default {d.baseline_batch}")
+    r.add_argument("--no-linear-probe", action="store_true", help="leave ridge on the pooled floats out of the sweep")
     r.add_argument("--resize", default="crop", choices=("crop", "squash"), help="default crop")
     r.add_argument("--input-size", type=int, default=None, help="square input size (default: the weights' crop)")
     r.add_argument("--calibration-images", type=int, default=d.calibration_images, help="int8 (default 512)")
     r.add_argument("--sensitivity-images", type=int, default=d.sensitivity_images,
                    help=f"int8 sensitivity: test images per single-tensor run (default {d.sensitivity_images}; 0: off)")
-    r.add_argument("--latency-runs", type=int, default=d.latency_runs, help=f"default {d.latency_runs}")
+    r.add_argument("--sensitivity-threshold", type=float, default=d.sensitivity_threshold,
+                   help=f"int8: the cosine with fp32 below which a tensor is 'first below' (default {d.sensitivity_threshold})")
+    r.add_argument("--throughput-batch", type=int, default=d.throughput_batch,
+                   help=f"batch of the images/s measurement and of featurization (default {d.throughput_batch})")
+    r.add_argument("--latency-runs", type=int, default=d.latency_runs, help=f"batch-1 runs timed (default {d.latency_runs})")
+    r.add_argument("--warmup-runs", type=int, default=d.warmup_runs, help=f"untimed batch-1 runs first (default {d.warmup_runs})")
     r.add_argument("--test-fraction", type=float, default=d.test_fraction,
                    help="held-out fraction for DIR/<class>/* and the digits (default 0.2)")
     r.add_argument("--seed", type=int, default=0, help="seed of random weights and of the split (default 0)")
@@ -73,7 +86,11 @@ def report_config(a: argparse.Namespace):
         precisions=_list(a.precisions), backends=_list(a.backends), n_components=_list(a.n_components, int),
         row_components=a.row_components, seeds=a.seeds, encoder=a.encode, pool=a.pool,
         sweep_encoders=_list(a.sweep_encoders), sweep_pools=_list(a.sweep_pools),
-        baseline_epochs=a.baseline_epochs, baseline_cuts=None if a.baseline_cuts is None else _cuts(a.baseline_cuts),
+        baseline_epochs=a.baseline_epochs,
+        baseline_cuts=None if a.baseline_cuts is None else _cuts(a.baseline_cuts, "--baseline-cuts"),
+        baseline_lr=a.baseline_lr, baseline_batch=a.baseline_batch, linear_probe=not a.no_linear_probe,
+        sensitivity_threshold=a.sensitivity_threshold, throughput_batch=a.throughput_batch,
+        warmup_runs=a.warmup_runs,
         resize=a.resize, input_size=a.input_size, calibration_images=a.calibration_images,
         sensitivity_images=a.sensitivity_images, latency_runs=a.latency_runs, test_fraction=a.test_fraction,
         split_seed=a.seed, seed=a.seed, threads=a.threads, workers=a.workers, force=a.force,

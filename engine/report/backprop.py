@@ -4,8 +4,9 @@ split and preprocessing as the gradient-free variants.
 
 Images are decoded once and kept in memory (decode_s, reported apart), shuffled each epoch with a
 seeded generator; training_s after epoch e is the optimizer's time up to it (forward, backward,
-step), test scoring excluded. The gradient-free training time it is compared with includes its
-own image decoding, so the time ratio errs in backprop's favour.
+step), test scoring excluded. It trains on the GPU when torch sees one, on the CPU otherwise. The
+gradient-free training time it is compared with includes its own image decoding, so the time
+ratio errs in backprop's favour.
 """
 from __future__ import annotations
 
@@ -54,19 +55,20 @@ def make_net(model: str, cut, weights: str, seed: int, n_classes: int, input_siz
     return net, sum(int(p.numel()) for p in net.parameters())
 
 
-def test_accuracy(net, X: np.ndarray, y: np.ndarray, batch: int = 64) -> float:
+def test_accuracy(net, X: np.ndarray, y: np.ndarray, device, batch: int = 64) -> float:
     import torch
 
     net.eval()
     right = 0
     with torch.no_grad():
         for i in range(0, len(X), batch):
-            right += int((net(torch.from_numpy(X[i:i + batch])).argmax(1).numpy() == y[i:i + batch]).sum())
+            pred = net(torch.from_numpy(X[i:i + batch]).to(device)).argmax(1).cpu().numpy()
+            right += int((pred == y[i:i + batch]).sum())
     return 100 * right / len(X)
 
 
-def train_epoch(net, opt, X, y, batch: int, rng) -> float:
-    """One shuffled pass; returns its seconds."""
+def train_epoch(net, opt, X, y, batch: int, rng, device) -> float:
+    """One shuffled pass; returns its seconds (the device synchronized at the end)."""
     import torch
 
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -78,8 +80,10 @@ def train_epoch(net, opt, X, y, batch: int, rng) -> float:
         if len(b) < 2:  # BatchNorm cannot train on a batch of one
             continue
         opt.zero_grad()
-        loss_fn(net(torch.from_numpy(X[b])), torch.from_numpy(y[b])).backward()
+        loss_fn(net(torch.from_numpy(X[b]).to(device)), torch.from_numpy(y[b]).to(device)).backward()
         opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - t0
 
 
@@ -93,15 +97,18 @@ def run_baseline(model: str, cut, weights: str, train_data, test_data, n_classes
     t0 = time.perf_counter()
     (X, y), (Xt, yt) = decode(train_data, "train"), decode(test_data, "test")
     decode_s = time.perf_counter() - t0
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # where the engines run too
     net, n_params = make_net(model, cut, weights, seed, n_classes, input_size)
+    net = net.to(device)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     rng = np.random.default_rng(seed)
     rows, spent = [], 0.0
     with progress_bar(progress, total=epochs, desc=f"backprop {cut}", unit="epoch") as bar:
         for e in range(1, epochs + 1):
-            spent += train_epoch(net, opt, X, y, batch, rng)
-            rows.append({"epoch": e, "accuracy_pct": round(test_accuracy(net, Xt, yt), 4), "training_s": round(spent, 3)})
+            spent += train_epoch(net, opt, X, y, batch, rng, device)
+            rows.append({"epoch": e, "accuracy_pct": round(test_accuracy(net, Xt, yt, device), 4),
+                         "training_s": round(spent, 3)})
             bar.update(1)
     best = max(rows, key=lambda r: r["accuracy_pct"]) if rows else None
     return {"epochs": rows, "best": best, "lr": lr, "batch": batch, "parameters": n_params,
-            "decode_s": round(decode_s, 3), "n_train": len(y), "n_test": len(yt)}
+            "decode_s": round(decode_s, 3), "n_train": len(y), "n_test": len(yt), "device": str(device)}

@@ -61,16 +61,19 @@ def check_report(cfg: ReportConfig) -> None:
     """Raise ValueError naming the field, what came in and what is expected."""
     from engine.backbones import model_info
     from engine.backbones.cuts import resolve
-    from engine.backends import BACKENDS
+    from engine.backends import BACKENDS, buildable
     from engine.build import PRECISIONS
     from kernels.encode import parse_encoder
 
     model_info(cfg.model)
     _check_members("precisions", cfg.precisions, PRECISIONS)
-    _check_members("backends", cfg.backends, ("auto",) + tuple(BACKENDS))
+    _check_members("backends", cfg.backends, ("auto",) + tuple(b for b in BACKENDS if buildable(b)))
     if not cfg.cuts:
         raise ValueError("cuts: expected at least one cut name (see `otl cuts MODEL`)")
-    for c in set(cfg.cuts) | set(cfg.baseline_at):
+    names = [resolve(cfg.model, c).name for c in cfg.cuts]
+    if len(set(names)) != len(names):
+        raise ValueError(f"cuts: {list(cfg.cuts)} names one cut twice (resolved: {names})")
+    for c in cfg.baseline_at:
         resolve(cfg.model, c)
     extra = set(cfg.baseline_at) - set(cfg.cuts)
     if extra:
@@ -87,8 +90,13 @@ def check_report(cfg: ReportConfig) -> None:
     if not cfg.baseline_lr > 0:
         raise ValueError(f"baseline_lr: expected a positive learning rate, got {cfg.baseline_lr}")
     for spec in (cfg.encoder,) + tuple(cfg.sweep_encoders):
-        if spec is not None:
-            parse_encoder(spec)
+        if spec is not None and not parse_encoder(spec).binary:
+            raise ValueError(f"encoder {spec!r} makes floats; the rows and the sweeps project bits (the linear probe "
+                             "on floats is linear_probe / --no-linear-probe)")
+    if "int8" in cfg.precisions and (cfg.split_seed != cfg.seed or cfg.test_fraction != 0.2):
+        raise ValueError("int8 calibration draws its images from train as split with seed = the weights' seed and "
+                         f"test_fraction 0.2; with split_seed {cfg.split_seed} / test_fraction {cfg.test_fraction} "
+                         "they could overlap the report's test split. Keep the defaults, or leave int8 out")
     if cfg.data is not None and not Path(cfg.data).is_dir():
         raise ValueError(f"data: {cfg.data} is not a folder; expected DIR/{{train,test}}/<class>/* or DIR/<class>/*, "
                          "or no --data for the embedded digits")

@@ -16,7 +16,7 @@ from pathlib import Path
 from engine.report.config import ReportConfig, check_report
 from engine.report.headline import headline
 from engine.report.schema import REPORT_KIND, REPORT_VERSION, UNITS
-from engine.report.variants import component_rows, failure, recipe_rows, variant_row
+from engine.report.variants import component_rows, failure, recipe_rows, sweep_failed, variant_row
 from kernels.progress import progress_bar
 
 
@@ -69,6 +69,7 @@ def make_report(cfg: ReportConfig) -> dict:
     check_report(cfg)
     t0 = time.perf_counter()
     ctx = _Context(cfg)
+    ctx.splits(_preprocess(cfg))  # a data problem stops the report here, before any build
     rep = {"kind": REPORT_KIND, "version": REPORT_VERSION,
            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "command": cfg.command or f"make_report({cfg!r})", "config": cfg.to_dict(), "environment": environment(), "units": UNITS}
@@ -107,7 +108,7 @@ def _variants(ctx, plan, bar) -> tuple[list, dict]:
 
 
 def _public(acc: dict | None) -> dict | None:
-    keep = ("mean_pct", "se_pct", "per_seed_pct", "seeds", "n_components", "encoder", "alphas")
+    keep = ("mean_pct", "se_pct", "per_seed_pct", "seeds", "n_components", "encoder", "alphas", "select")
     return None if acc is None else {k: acc[k] for k in keep}
 
 
@@ -117,7 +118,10 @@ def _sweeps(ctx, accs: dict, bar) -> tuple[list, list]:
     for cut in ctx.cfg.cuts:
         found = next(((b, ctx.prepared[(cut, "fp32", b)]) for b in ctx.cfg.backends
                       if (cut, "fp32", b) in ctx.prepared), None)
-        if found is None:
+        if found is None:  # the sweeps run on fp32 features: say why they are missing
+            why = f"no fp32 variant of {cut} succeeded (see its row)"
+            comps.append(sweep_failed(cut, why))
+            recipes.append(sweep_failed(cut, why))
             bar.update(2)
             continue
         backend, p = found

@@ -32,8 +32,9 @@ LATENCY_KEYS = ("p50", "p95", "p99")
 AGREEMENT_KEYS = ("reference", "cosine", "relative_l2", "bit_agreement_pct", "images_with_flips_pct")
 ACCURACY_KEYS = ("mean_pct", "se_pct", "per_seed_pct", "seeds", "n_components", "encoder", "alphas")
 # Stages of one variant's time, in order; they add up to timings_s["total"] (what is not in a stage
-# is bookkeeping, a few milliseconds). Fit stages are summed over the seeds.
-STAGES = ("build", "backbone", "load_data", "featurize_train", "featurize_test", "latency", "compare", "load",
+# is bookkeeping: milliseconds on a CPU; on a GPU the CUDA context's first use can add more). Fit
+# stages are summed over the seeds.
+STAGES = ("build", "backbone", "load_data", "load_engine", "featurize_train", "featurize_test", "latency", "compare", "load",
           "encode", "project", "select", "solve", "predict")
 SWEEP_KEYS = ("cut", "precision", "pool", "encoder", "projection", "n_components", "mean_pct", "se_pct",
               "per_seed_pct", "fit_s", "status", "error")

@@ -62,7 +62,9 @@ def prepare(ctx, cut, precision: str, backend: str, pool: str | None, measure: b
         splits = ctx.splits(build.preprocess)
     store_path = ctx.root / "stores" / Path(res["build_dir"]).name
     mem, gpu0 = PeakMemory(), gpu_used_mb()
-    with mem.watch(), Featurizer(build, cfg.throughput_batch, cfg.workers, cfg.progress) as f:
+    with t("load_engine"):
+        featurizer = Featurizer(build, cfg.throughput_batch, cfg.workers, cfg.progress)
+    with mem.watch(), featurizer as f:
         seconds, reused = write_features(store_path, f, splits, cfg.force or res["rebuilt"])
         if not reused:
             for k, v in seconds.items():
@@ -94,6 +96,9 @@ def variant_row(ctx, cut, precision: str, backend: str) -> tuple[dict, Prepared 
            "emulated": None, "status": "ok", "error": None, **dict.fromkeys(VARIANT_EMPTY)}
     t0 = time.perf_counter()
     try:
+        from engine.backends import emulated, resolve_backend
+
+        row["emulated"] = emulated(resolve_backend(backend), precision)
         p = prepare(ctx, cut, precision, backend, cfg.pool, measure=True)
         t = dict(p.run_s)
         t1 = time.perf_counter()
@@ -106,7 +111,7 @@ def variant_row(ctx, cut, precision: str, backend: str) -> tuple[dict, Prepared 
         ref = ctx.reference(cut, backend)
         if precision != "fp32" and ref is not None:
             t1 = time.perf_counter()
-            row["agreement"] = agreement(p.store, ref.store, f"{cut}/fp32/{backend}")
+            row["agreement"] = agreement(p.store, ref.store, f"{cut}/fp32/{backend}", ctx.encoder)
             t["compare"] = time.perf_counter() - t1
         acc = fit_seeds(p.store, ctx.encoder, cfg.k_rows, cfg.seeds)
         for k, v in acc.pop("timings_s").items():
@@ -134,6 +139,12 @@ def sweep_row(cut, precision, pool, encoder, projection, k, fn) -> dict:
     except Exception as e:  # noqa: BLE001 - one failed point does not stop the sweep
         row.update(status="failed", error=failure(e))
     return row
+
+
+def sweep_failed(cut, why: str) -> dict:
+    def fail():
+        raise ValueError(why)
+    return sweep_row(cut, "fp32", None, None, None, None, fail)
 
 
 def component_rows(ctx, cut, p: Prepared, rows_acc: dict | None) -> list[dict]:

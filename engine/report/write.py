@@ -1,7 +1,8 @@
 """Writing a report: everything is rendered into a temporary folder beside it, then each file is
-renamed into place, report.json (which lists every file with its sha256) last. A report that
-fails to render leaves the previous one as it was; files the previous report listed and this one
-does not are removed once the new one is complete."""
+renamed into place (each rename atomic), report.json (which lists every file with its sha256)
+last. A report that fails to render leaves the previous one as it was; a crash between the renames
+leaves new files beside the old report.json, whose hashes then tell them apart. Files the previous
+report listed and this one does not are removed once the new one is complete."""
 from __future__ import annotations
 
 import json
