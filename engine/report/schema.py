@@ -18,6 +18,7 @@ UNITS = {
     "_db": "decibels", "_per_s": "per second", "_ms_per_image": "milliseconds per image", "parameters": "count", "rows": "count",
     "n_components": "count (optical components K)", "cosine": "ratio (1 = identical)",
     "relative_l2": "ratio (||x - x_fp32|| / ||x_fp32||)", "cosine_in_int8_model": "ratio (1 = identical)",
+    "output_sqnr_db_all": "decibels (all tensors quantized)",
 }
 
 # Every variant row (one per cut x precision x backend) has these keys; a failed variant has

@@ -223,8 +223,8 @@ def test_speed_times_what_it_says():
 
     r = Runner()
     res = speed(r, np.zeros((5, 3, 4, 4), np.float32), batch=8, warmup=2, runs=7)
-    assert r.shapes[:2] == [1, 1] and r.shapes[-7:] == [1] * 7
-    batches = r.shapes[2:-7]
+    assert r.shapes[-9:] == [1] * 9  # 2 warm-up runs right before the 7 timed ones, at batch 1
+    batches = r.shapes[:-9]
     assert len(batches) >= 4 and set(batches) == {8}  # one untimed first run + at least 3 timed repeats
     assert res["warmup_runs"] == 2 and res["latency_runs"] == 7 and res["images_per_s"] > 0
 
