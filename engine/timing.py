@@ -24,3 +24,14 @@ class Timings:
 
     def as_dict(self, digits: int = 4) -> dict:
         return {k: round(v, digits) for k, v in self.seconds.items()}
+
+
+def timed_items(iterable, t: Timings, stage: str):
+    """Yield from `iterable`, timing only the production of each item (not the consumer's work)."""
+    it = iter(iterable)
+    while True:
+        with t(stage):
+            item = next(it, None)
+        if item is None:
+            return
+        yield item

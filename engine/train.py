@@ -16,7 +16,7 @@ from pathlib import Path
 from engine.classifier import TransferClassifier
 from engine.evaluate import accuracy
 from engine.model_file import save_model, split_record
-from engine.timing import Timings
+from engine.timing import Timings, timed_items
 from kernels.encode import DEFAULT_SPEC
 
 HOLDOUT_FRACTION = 0.1  # --select holdout without validation/ carves this much of train
@@ -117,17 +117,6 @@ def recipe(build_info: dict | None, clf: TransferClassifier, cfg: FitConfig) -> 
             "n_components": cfg.n_components if cfg.projection != "none" else None}
 
 
-def _timed(iterable, t: Timings, stage: str):
-    """Yield from `iterable`, timing only the production of each item (not the consumer's work)."""
-    it = iter(iterable)
-    while True:
-        with t(stage):
-            item = next(it, None)
-        if item is None:
-            return
-        yield item
-
-
 class _BuildSource:
     """Batches featurized on the fly by a build; timings go to the classifier's Timings."""
 
@@ -165,7 +154,7 @@ class _BuildSource:
 
     def batches(self, split):
         ds = {"train": self.train, "validation": self.val, "test": self.splits.test}[split]
-        return _timed(self.featurizer.featurize(ds, desc=f"fit: {split}"), self.t, "featurize")
+        return timed_items(self.featurizer.featurize(ds, desc=f"fit: {split}"), self.t, "featurize")
 
     def validation(self):
         return self.batches("validation") if self.val is not None else None
@@ -199,7 +188,7 @@ class _StoreSource:
 
     def batches(self, split):
         # reading the store stands in for featurization; the classifier encodes float rows
-        return _timed(self.store.iter_batches(split, 1024), self.t, "featurize")
+        return timed_items(self.store.iter_batches(split, 1024), self.t, "featurize")
 
     def validation(self):
         return self.batches("validation") if self.has("validation") else None

@@ -8,7 +8,8 @@
     sensitivity.py int8: which tensor's quantization hurts the output
     backprop.py    the fine-tuned baseline (the reference's backprop.py)
     headline.py    int8 / fp16 vs fp32, gradient-free vs backprop
-    write.py       atomic output; render.py / plots.py: report.md, report.html, PNGs
+    write.py       atomic output; render.py (the document), formats.py (Markdown, HTML),
+                   plots.py (PNGs), rows.py (row selection and labels both use)
     schema.py      report.json's fields and units
 """
 from engine.report.config import ReportConfig, check_report

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from engine.timing import Timings
+from engine.timing import Timings, timed_items
 
 FIT_STAGES = ("load", "encode", "project", "select", "solve", "predict")
 
@@ -25,16 +25,6 @@ def mean_se(values) -> tuple[float | None, float | None]:
     return m, math.sqrt(var / len(v))
 
 
-def _timed(iterable, t: Timings, stage: str):
-    it = iter(iterable)
-    while True:
-        with t(stage):
-            item = next(it, None)
-        if item is None:
-            return
-        yield item
-
-
 def fit_once(store, encoder: str, n_components: int | None, seed: int, projection: str = "sim") -> dict:
     """One fit and test score. Stages (seconds): load (reading the store), encode (encoder statistics
     and bits), project, select (alpha), solve (normal equations and the final solve), predict (the
@@ -49,7 +39,7 @@ def fit_once(store, encoder: str, n_components: int | None, seed: int, projectio
         with t("encode"):
             enc.fit(store.sample("train", seed=seed))
     clf = TransferClassifier(n_components or 1, enc, "auto", projection, seed, select="auto")
-    clf.fit_stream(_timed(store.iter_batches("train", 1024), t, "load"), classes=store.classes)
+    clf.fit_stream(timed_items(store.iter_batches("train", 1024), t, "load"), classes=store.classes)
     fit_t = clf.timings_.as_dict()
     for ours, theirs in (("encode", "encode"), ("project", "project"), ("select", "select_alpha"),
                          ("solve", "solve")):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.timing import Timings
+from engine.timing import Timings, timed_items
 from kernels.io import atomic_write_json
 from kernels.xp import to_host
 
@@ -71,14 +71,7 @@ class TimedFeaturizer:
         self.inner, self.build, self.t = featurizer, featurizer.build, t
 
     def featurize(self, dataset, desc: str = "featurize"):
-        stage = "featurize_" + desc.split()[-1]
-        it = iter(self.inner.featurize(dataset, desc=desc))
-        while True:
-            with self.t(stage):
-                item = next(it, None)
-            if item is None:
-                return
-            yield item
+        return timed_items(self.inner.featurize(dataset, desc=desc), self.t, "featurize_" + desc.split()[-1])
 
 
 def store_matches(path: Path, build_key: str, source: dict) -> bool:

@@ -10,29 +10,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from engine.report.rows import cut_name, ok, prec_label, short_name, unique, worst_tensors
 from engine.report.schema import STAGES
 
 DPI = 110
-
-
-def ok(rows) -> list:
-    """The rows (variants, sweeps, sensitivity, baseline) whose status is "ok"."""
-    return [r for r in rows or [] if r and r.get("status") == "ok"]
-
-
-def cut_name(cut) -> str:
-    """A cut as written everywhere: None (the model's default cut) reads "default cut"."""
-    return "default cut" if cut is None else str(cut)
-
-
-def prec_label(precision, emulated) -> str:
-    """fp16 -> "fp16 (emulated)" when the variant only emulates it."""
-    return f"{precision} (emulated)" if emulated else str(precision)
-
-
-def _unique(items) -> list:
-    """The items in first-seen order, each once."""
-    return list(dict.fromkeys(items))
 
 
 def _acc(v: dict) -> tuple:
@@ -58,8 +39,8 @@ def accuracy_by_precision(rep, plt):
     means = [m for m in (_acc(v)[0] for v in variants) if m is not None]
     if not means:
         return None
-    cuts = _unique(v.get("cut") for v in variants)
-    combos = _unique((v.get("precision"), v.get("backend")) for v in variants)
+    cuts = unique(v.get("cut") for v in variants)
+    combos = unique((v.get("precision"), v.get("backend")) for v in variants)
     floor, top = _floor(means), min(100.0, max(means) + 4)
     width = 0.8 / len(combos)
     fig, ax = plt.subplots(figsize=(max(7.0, 1.5 + 0.45 * len(cuts) * len(combos)), 5))
@@ -169,7 +150,7 @@ def accuracy_vs_components(rep, plt):
     rows = [r for r in ok(rep.get("components")) if r.get("n_components") and r.get("mean_pct") is not None]
     if not rows:
         return None
-    keys = _unique((r.get("cut"), r.get("precision")) for r in rows)
+    keys = unique((r.get("cut"), r.get("precision")) for r in rows)
     several = len({k[1] for k in keys}) > 1
     fig, ax = plt.subplots(figsize=(8, 5))
     for key in keys:
@@ -189,35 +170,19 @@ def accuracy_vs_components(rep, plt):
     return fig
 
 
-def _short(name: str, n: int = 36) -> str:
-    """A tensor name cut to n characters, keeping its (distinctive) end."""
-    name = str(name)
-    return name if len(name) <= n else "…" + name[-(n - 1):]
-
-
-def worst_tensors(entry: dict) -> list:
-    """The entry's ten worst tensors (rows), worst first, those with an output SQNR."""
-    by_name = {t.get("name"): t for t in entry.get("tensors") or []}
-    rows = [by_name[n] for n in entry.get("worst") or [] if n in by_name]
-    if not rows:
-        rows = sorted(by_name.values(), key=lambda t: math.inf if t.get("output_sqnr_db") is None
-                      else t["output_sqnr_db"])[:10]
-    return [t for t in rows if t.get("output_sqnr_db") is not None]
-
-
 def _sensitivity_panel(ax, entry: dict) -> None:
     rows = worst_tensors(entry)
     below = (entry.get("first_below") or {}).get("name")
     ax.barh(range(len(rows)), [t["output_sqnr_db"] for t in rows],
             color=["#d62728" if t.get("name") == below else "#1f77b4" for t in rows])
-    ax.set_yticks(range(len(rows)), [f"{_short(t.get('name'))} ({t.get('op')})" for t in rows], fontsize=8)
+    ax.set_yticks(range(len(rows)), [f"{short_name(t.get('name'))} ({t.get('op')})" for t in rows], fontsize=8)
     ax.invert_yaxis()
     if entry.get("output_sqnr_db_all") is not None:
         ax.axvline(entry["output_sqnr_db_all"], color="black", linestyle="--",
                    label=f"whole int8 model: {entry['output_sqnr_db_all']:.1f} dB")
         ax.legend(fontsize=8, loc="lower right")
     fb = entry.get("first_below")
-    note = (f"first tensor with cosine < {entry.get('threshold')}: {_short(fb.get('name'), 30)} "
+    note = (f"first tensor with cosine < {entry.get('threshold')}: {short_name(fb.get('name'), 30)} "
             f"(order {fb.get('order')}){' (red)' if below in {t.get('name') for t in rows} else ''}"
             if fb else f"no tensor with cosine < {entry.get('threshold')}")
     ax.set_title(f"{cut_name(entry.get('cut'))} ({entry.get('backend')}), {entry.get('images')} images\n{note}",
@@ -248,7 +213,7 @@ def backprop_vs_gradient_free(rep, plt):
               and _acc(v)[0] is not None and v.get("training_s")]
     if not curves and not points:
         return None
-    colors = _colors(plt, _unique([b.get("cut") for b in curves] + [v.get("cut") for v in points]))
+    colors = _colors(plt, unique([b.get("cut") for b in curves] + [v.get("cut") for v in points]))
     fig, ax = plt.subplots(figsize=(9, 5.5))
     for b in curves:
         eps = [e for e in b["epochs"] if e.get("training_s") and e.get("accuracy_pct") is not None]
@@ -276,7 +241,7 @@ def recipes(rep, plt):
 
     def label(r):
         return f"{r.get('pool')} / {r.get('encoder')} / {r.get('projection')} / K={r.get('n_components') or '—'}"
-    labels, cuts = _unique(label(r) for r in rows), _unique(r.get("cut") for r in rows)
+    labels, cuts = unique(label(r) for r in rows), unique(r.get("cut") for r in rows)
     floor, height = _floor(means), 0.8 / len(cuts)
     fig, ax = plt.subplots(figsize=(10, 1.8 + len(labels) * (0.22 * len(cuts) + 0.25)))
     for j, (cut, color) in enumerate(_colors(plt, cuts).items()):
