@@ -15,7 +15,7 @@ from pathlib import Path
 from engine.report.formats import Code, to_html, to_markdown
 from engine.report.plots import make_plots
 from engine.report.rows import cut_name, ok, prec_label, worst_tensors
-from engine.report.schema import LATENCY_KEYS
+from engine.report.schema import LATENCY_KEYS, STAGES
 
 EMULATION_NOTE = ("(emulated): the precision's accuracy is measured, its speed is not: ONNX Runtime's CPU "
                   "provider has no native fp16 kernels on x86, so it runs the fp16 model with casts around "
@@ -129,9 +129,10 @@ def _setup(rep: dict) -> list:
 
 
 VARIANT_HEADERS = ["cut", "precision", "backend", "status", "test accuracy (%, mean ± s.e.)",
-                   "throughput (images/s @ batch size)", "latency p50 / p95 / p99, batch 1 (ms)",
-                   "peak host memory (MB)", "ONNX (MB)", "artifact (MB)", "build (s)", "calibration (s)",
-                   "cosine vs fp32 (ratio)", "relative L2 vs fp32 (ratio)", "bit agreement vs fp32 (%)",
+                   "backbone (M parameters / MB)", "throughput (images/s @ batch size)",
+                   "latency p50 / p95 / p99, batch 1 (ms)", "warm-up (s)", "peak host / GPU memory (MB)",
+                   "ONNX (MB)", "artifact (MB)", "build (s)", "calibration (s)", "cosine vs fp32 (ratio)",
+                   "relative L2 vs fp32 (ratio)", "bit agreement vs fp32 (%)", "images with a flipped bit (%)",
                    "training (s)", "inference (ms/image)"]
 
 
@@ -140,12 +141,29 @@ def _variant_row(v: dict) -> list:
     f, b, a, g = (v.get(k) or {} for k in ("featurize", "build", "accuracy", "agreement"))
     lat = f.get("latency_ms") or {}
     speed = f"{_f(f.get('images_per_s'), 1)} @ {f.get('batch')}" if f.get("images_per_s") is not None else MISSING
+    bb = v.get("backbone") or {}
+    size = (f"{bb['parameters'] / 1e6:.2f} / {_f(bb.get('parameters_mb'), 1)}" if bb.get("parameters") is not None
+            else MISSING)
     return [cut_name(v.get("cut")), prec_label(v.get("precision"), v.get("emulated")), str(v.get("backend")),
-            _status(v), _pm(a.get("mean_pct"), a.get("se_pct")), speed,
-            " / ".join(_f(lat.get(k)) for k in LATENCY_KEYS) if lat else MISSING, _f(f.get("peak_host_mb"), 1),
+            _status(v), _pm(a.get("mean_pct"), a.get("se_pct")), size, speed,
+            " / ".join(_f(lat.get(k)) for k in LATENCY_KEYS) if lat else MISSING, _f(f.get("warmup_s"), 3),
+            f"{_f(f.get('peak_host_mb'), 1)} / {_f(f.get('peak_gpu_mb'), 1)}" if f else MISSING,
             _f(b.get("onnx_mb")), _f(b.get("artifact_mb")), _f(b.get("build_s"), 1), _f(b.get("calibration_s"), 1),
             _f(g.get("cosine"), 4), _f(g.get("relative_l2"), 4), _f(g.get("bit_agreement_pct")),
-            _f(v.get("training_s"), 1), _f(v.get("inference_ms_per_image"), 3)]
+            _f(g.get("images_with_flips_pct"), 1), _f(v.get("training_s"), 1), _f(v.get("inference_ms_per_image"), 3)]
+
+
+def _stage_table(rows: list) -> list:
+    """Seconds per stage of each ok variant (this run's; fits summed over the seeds)."""
+    done = [v for v in ok(rows) if v.get("timings_s")]
+    stages = [s for s in STAGES if any(s in v["timings_s"] for v in done)]
+    if not done:
+        return []
+    body = [[v["id"]] + [_f(v["timings_s"].get(s), 2) for s in stages] + [_f(v["timings_s"].get("total"), 2)]
+            for v in done]
+    return [("p", "Time per stage in this run (s): a reused build or feature store costs ~0 here; build (s) "
+                  "and training (s) above are what the variant costs."),
+            ("table", ["variant"] + [f"{s} (s)" for s in stages] + ["total (s)"], body)]
 
 
 def _variants(rep: dict, plots: dict) -> list:
@@ -161,7 +179,7 @@ def _variants(rep: dict, plots: dict) -> list:
                         f"{len(acc.get('seeds') or []) or 'n/a'} projection seeds; agreement: features against the "
                         f"same cut's fp32 variant on the same backend; {MISSING}: not measured or not applicable."))
     blocks.append(("table", VARIANT_HEADERS, [_variant_row(v) for v in rows]))
-    return blocks + _emulated(rows) + _images(plots, "accuracy_by_precision", "time_by_stage")
+    return blocks + _emulated(rows) + _stage_table(rows) + _images(plots, "accuracy_by_precision", "time_by_stage")
 
 
 def _sweep(rep: dict, key: str, title: str, plots: dict) -> list:

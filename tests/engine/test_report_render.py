@@ -154,7 +154,7 @@ def test_the_headline_numbers_are_written(rendered):
 def test_every_numeric_column_header_has_a_unit(rendered):
     _, _, _, md, _ = rendered
     words = {"cut", "precision", "backend", "status", "pool", "encoder", "projection", "tensor", "op", "setting",
-             "value", "rank", "graph order", "epoch", "best epoch"}
+             "value", "rank", "graph order", "epoch", "best epoch", "variant"}
     headers = [line for i, line in enumerate(md.splitlines()[:-1]) if md.splitlines()[i + 1].startswith("| ---")]
     assert len(headers) >= 8
     for line in headers:
