@@ -29,6 +29,7 @@ class _Context:
         self.cfg, self.root = cfg, Path(cfg.out)
         self.encoder = cfg.encoder or DEFAULT_ENCODE
         self._splits, self._images, self._backbones, self.prepared = {}, {}, {}, {}
+        self.preprocess = _preprocess(cfg)  # resolved once: it builds the model on the meta device
 
     def splits(self, preprocess):
         """train/ and test/ only: a validation/ folder is not used, so that both methods learn from
@@ -56,7 +57,7 @@ class _Context:
         from engine.report.measure import backbone_size
 
         if cut not in self._backbones:
-            size = _preprocess(self.cfg).crop_size
+            size = self.preprocess.crop_size
             self._backbones[cut] = backbone_size(self.cfg.model, cut, self.cfg.weights, self.cfg.seed, size)
         return self._backbones[cut]
 
@@ -69,7 +70,7 @@ def make_report(cfg: ReportConfig) -> dict:
     check_report(cfg)
     t0 = time.perf_counter()
     ctx = _Context(cfg)
-    ctx.splits(_preprocess(cfg))  # a data problem stops the report here, before any build
+    ctx.splits(ctx.preprocess)  # a data problem stops the report here, before any build
     rep = {"kind": REPORT_KIND, "version": REPORT_VERSION,
            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "command": cfg.command or f"make_report({cfg!r})", "config": cfg.to_dict(), "environment": environment(), "units": UNITS}
@@ -181,7 +182,7 @@ def _baseline(ctx, cut) -> dict:
     from engine.report.backprop import run_baseline
     from kernels.io import atomic_write_json, sha256_json
 
-    cfg, pre = ctx.cfg, _preprocess(ctx.cfg)
+    cfg, pre = ctx.cfg, ctx.preprocess
     sp = ctx.splits(pre)
     key = sha256_json({"model": cfg.model, "cut": cut, "weights": weights_id(cfg.weights, cfg.seed, cfg.model),
                        "seed": cfg.seed, "epochs": cfg.baseline_epochs, "lr": cfg.baseline_lr,
@@ -209,7 +210,7 @@ def _data(ctx) -> dict:
     from engine.model_file import split_record
 
     cfg = ctx.cfg
-    sp = ctx.splits(_preprocess(cfg))
+    sp = ctx.splits(ctx.preprocess)
     return {"source": cfg.data or "embedded digits (scikit-learn)", "classes": sp.classes, "n_train": len(sp.train),
             "n_validation_unused": len(sp.validation) if sp.validation is not None else 0, "n_test": len(sp.test),
             "split": split_record(sp.source)}
