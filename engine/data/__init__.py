@@ -8,6 +8,7 @@
     preprocess.py  load_rgb, to_rgb, Preprocess, IMAGENET_DEFAULT
     datasets.py    ImageFolderDataset, DigitsDataset, subset
     stratified.py  stratified_split and samples (index arithmetic on labels)
+    scan.py        FolderScan: the one rule for links (followed once, only inside the data root)
     splits.py      load_splits: folder layouts -> Splits, file_list_hash, split_hash
     batches.py     iter_batches
 """
@@ -16,6 +17,7 @@ from engine.data.datasets import DigitsDataset, ImageDataset, ImageFolderDataset
 from engine.data.errors import DataError, DataWarning
 from engine.data.preprocess import (IMAGENET_DEFAULT, IMAGENET_MEAN, IMAGENET_STD, RESIZE_MODES, Preprocess,
                                     load_rgb, to_rgb)
+from engine.data.scan import FolderScan
 from engine.data.splits import (IMAGE_EXTENSIONS, SPLIT_NAMES, Splits, file_list_hash, list_images, load_splits,
                                 split_hash)
 from engine.data.stratified import stratified_sample, stratified_split
@@ -25,6 +27,6 @@ __all__ = [
     "IMAGENET_DEFAULT", "IMAGENET_MEAN", "IMAGENET_STD", "RESIZE_MODES", "Preprocess", "load_rgb", "to_rgb",
     "DigitsDataset", "ImageDataset", "ImageFolderDataset", "subset",
     "stratified_sample", "stratified_split",
-    "IMAGE_EXTENSIONS", "SPLIT_NAMES", "Splits", "file_list_hash", "list_images", "load_splits", "split_hash",
+    "FolderScan", "IMAGE_EXTENSIONS", "SPLIT_NAMES", "Splits", "file_list_hash", "list_images", "load_splits", "split_hash",
     "default_workers", "iter_batches",
 ]

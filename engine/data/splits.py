@@ -6,6 +6,9 @@ Layouts (load_splits):
     B) DIR/<class>/*                                   split here by a stratified seeded draw
     no DIR                                             the embedded digits (DigitsDataset)
 
+Folders are walked under the link rule of engine/data/scan.py (links followed once, only inside DIR;
+the others skipped and counted in Splits.skipped, or errors with strict=True).
+
 Splits.source is manifest-friendly: the layout, seed and fractions, the counts, a hash of the whole
 file list (file_list_hash, which keys caches) and one per split (split_hash, checked by evaluate).
 """
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +24,9 @@ import numpy as np
 from engine.data.datasets import DigitsDataset, ImageDataset, ImageFolderDataset
 from engine.data.errors import DataError
 from engine.data.preprocess import IMAGENET_DEFAULT, Preprocess
+from engine.data.scan import IMAGE_EXTENSIONS, FolderScan
 from engine.data.stratified import check_fractions, stratified_split
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 SPLIT_NAMES = {"train": "train", "validation": "validation", "val": "validation", "valid": "validation",
                "test": "test"}
 _SPLITS = ("train", "validation", "test")
@@ -36,16 +39,17 @@ class Splits:
     test: ImageDataset | None
     classes: list[str]
     source: dict  # manifest-friendly; source["file_list_hash"] keys caches
+    skipped: list[str] = field(default_factory=list)  # "path: reason" of the links the scan did not follow
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Image files under folder, recursive and sorted; hidden and non-image files are ignored."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        found += [Path(dirpath, f) for f in filenames
-                  if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
-    return sorted(found)
+def list_images(folder: Path, strict: bool = False) -> list[Path]:
+    """Image files under folder, recursive and sorted, links taken by the rule of engine/data/scan.py
+    with folder as the root; hidden and non-image files are ignored."""
+    scan = FolderScan(folder, strict)
+    scan.reserve(folder)
+    found = scan.images(Path(folder))
+    scan.finish()
+    return found
 
 
 def file_list_hash(root: Path, paths) -> str:
@@ -70,18 +74,14 @@ def split_hash(dataset: ImageDataset | None, root: str | None) -> str | None:
     return h.hexdigest()
 
 
-def _subdirs(folder: Path) -> list[Path]:
-    return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
-
-
-def _scan_classes(folder: Path, need_two: bool = True) -> dict[str, list[Path]]:
+def _scan_classes(folder: Path, scan: FolderScan, need_two: bool = True) -> dict[str, list[Path]]:
     """{class name: image paths} for folder/<class>/*, with errors for the common mistakes."""
-    dirs = _subdirs(folder)
+    dirs = scan.subdirs(folder)
     if not dirs:
-        n = len(list_images(folder))
+        n = len(FolderScan(folder).images(folder))
         raise DataError(f"{folder} has no class folders ({f'{n} images lie directly in it' if n else 'it is empty'});"
                         f" expected one subfolder per class, e.g. {folder}/cat/1.jpg, {folder}/dog/2.jpg")
-    classes = {d.name: list_images(d) for d in dirs}
+    classes = {d.name: scan.images(d) for d in dirs}
     for name, files in classes.items():
         if not files:
             raise DataError(f"class folder {folder / name} holds no images (extensions: "
@@ -107,16 +107,22 @@ def load_splits(data_dir: str | Path | None, preprocess: Preprocess = IMAGENET_D
     if not root.is_dir():
         raise DataError(f"data directory {root} {'is not a folder' if root.exists() else 'does not exist'}; "
                         "expected DIR/<class>/*.jpg or DIR/train/<class>/*.jpg - or give none for the digits")
-    split_dirs = _split_folders(root)
+    scan = FolderScan(root, strict)
+    split_dirs = _split_folders(root, scan)
+    for d in split_dirs.values() or [root]:  # what the load reads: no link may take the place of these files
+        scan.reserve(d)
     if split_dirs:
-        return _from_split_folders(root, split_dirs, preprocess, strict, common)
-    return _from_class_folders(root, preprocess, strict, common)
+        splits = _from_split_folders(root, split_dirs, scan, preprocess, strict, common)
+    else:
+        splits = _from_class_folders(root, scan, preprocess, strict, common)
+    splits.skipped = scan.finish()
+    return splits
 
 
-def _split_folders(root: Path) -> dict[str, Path]:
+def _split_folders(root: Path, scan: FolderScan) -> dict[str, Path]:
     """{canonical split name: folder} for root's train/ validation/ (val/, valid/) test/ folders."""
     split_dirs: dict[str, Path] = {}
-    for d in _subdirs(root):
+    for d in scan.subdirs(root):
         canonical = SPLIT_NAMES.get(d.name.lower())
         if canonical in split_dirs:
             raise DataError(f"{root} has both {split_dirs[canonical].name}/ and {d.name}/ for the {canonical} "
@@ -129,10 +135,11 @@ def _split_folders(root: Path) -> dict[str, Path]:
     return split_dirs
 
 
-def _from_split_folders(root: Path, split_dirs: dict[str, Path], preprocess: Preprocess, strict: bool,
-                        common: dict) -> Splits:
+def _from_split_folders(root: Path, split_dirs: dict[str, Path], scan: FolderScan, preprocess: Preprocess,
+                        strict: bool, common: dict) -> Splits:
     """Layout A: one dataset per split folder, labelled by the training classes."""
-    scanned = {s: _scan_classes(d, need_two=s == "train") for s, d in split_dirs.items()}
+    order = [s for s in _SPLITS if s in split_dirs]  # train first: between two links, train's is taken
+    scanned = {s: _scan_classes(split_dirs[s], scan, need_two=s == "train") for s in order}
     classes = sorted(scanned["train"])
     for s, found in scanned.items():
         missing = sorted(set(found) - set(classes))
@@ -155,9 +162,10 @@ def _from_split_folders(root: Path, split_dirs: dict[str, Path], preprocess: Pre
     return _make_splits(*(datasets.get(s) for s in _SPLITS), source, root)
 
 
-def _from_class_folders(root: Path, preprocess: Preprocess, strict: bool, common: dict) -> Splits:
+def _from_class_folders(root: Path, scan: FolderScan, preprocess: Preprocess, strict: bool,
+                        common: dict) -> Splits:
     """Layout B: every image of DIR/<class>/*, split here (stratified, seeded)."""
-    scanned = _scan_classes(root)
+    scanned = _scan_classes(root, scan)
     classes = sorted(scanned)
     full = ImageFolderDataset([(p, i) for i, c in enumerate(classes) for p in scanned[c]], classes, preprocess,
                               strict)

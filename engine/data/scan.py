@@ -1,0 +1,115 @@
+"""Walking a data folder under one rule for symbolic links; every folder scan of engine/data uses it.
+
+The link rule (FolderScan):
+    A link, to a file or a folder, is followed once, and only when its target resolves inside the
+    data root. These are skipped and counted like unreadable images (one DataWarning naming the
+    first few; with strict=True one DataError instead):
+      - a dangling link (its target does not exist)
+      - a link loop (a.jpg -> b.jpg -> a.jpg, or a folder linking to itself or to a folder above it,
+        e.g. train/x -> .)
+      - a link whose target lies outside the data root
+      - a link to a file or folder reached another way already (a second path to the same image
+        would count it twice, or leak a training image into the test split)
+    Files and folders that are not links are always taken; a link to one of them is the one
+    skipped. Between two links to the same target, the first in sorted order is taken.
+    Hidden entries (a name starting with ".") are ignored, as are files that are not images.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+from engine.data.errors import DataError, DataWarning
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+NAMED_IN_MESSAGES = 3  # skipped paths named in a warning or error
+
+
+def is_image_name(name: str) -> bool:
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+class FolderScan:
+    """One load's walk of a data root: what it reached (so nothing is taken twice) and what it skipped.
+
+    reserve(folder) first records the files and folders that are not links under the folders the
+    load will read, so that a link met earlier in the walk cannot take their place.
+    """
+
+    def __init__(self, root: Path, strict: bool = False):
+        self.root, self.strict = Path(root), strict
+        self.real_root = self.root.resolve()
+        self._reached: dict[Path, Path] = {self.real_root: self.root}  # real path -> the path that took it
+        self.skipped: list[str] = []  # "path: reason"
+
+    def reserve(self, folder: Path) -> None:
+        """Record every entry under folder that is not a link (a walk that follows no link)."""
+        for dirpath, dirnames, filenames in os.walk(folder):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for name in dirnames + filenames:
+                p = Path(dirpath, name)
+                if not p.is_symlink():
+                    self._reached.setdefault(p.resolve(), p)
+
+    def subdirs(self, folder: Path) -> list[Path]:
+        """folder's visible subfolders that the link rule takes, sorted."""
+        return [p for p in self._entries(folder) if p.is_dir()]
+
+    def images(self, folder: Path) -> list[Path]:
+        """Image files under folder, recursive and sorted, that the link rule takes."""
+        found = []
+        for p in self._entries(folder):
+            if p.is_dir():
+                found += self.images(p)
+            elif is_image_name(p.name):
+                found.append(p)
+        return sorted(found)
+
+    def finish(self) -> list[str]:
+        """The skipped entries ("path: reason"), after one DataWarning about them; DataError when strict."""
+        if not self.skipped:
+            return []
+        n = len(self.skipped)
+        text = (f"{n} link{'s' * (n > 1)} under {self.root} "
+                f"({'; '.join(self.skipped[:NAMED_IN_MESSAGES])}{'; ...' if n > NAMED_IN_MESSAGES else ''})")
+        if self.strict:
+            raise DataError(f"{text} cannot be followed: links are followed once and only inside the data folder; "
+                            "fix or remove them, or drop --strict to skip them")
+        warnings.warn(f"skipped {text}", DataWarning, stacklevel=3)
+        return list(self.skipped)
+
+    def _entries(self, folder: Path) -> list[Path]:
+        """folder's visible entries that the link rule takes; the others are recorded in skipped."""
+        kept = []
+        for name in sorted(os.listdir(folder)):
+            if name.startswith("."):
+                continue
+            p = Path(folder, name)
+            reason = self._reach(p)
+            if reason is None:
+                kept.append(p)
+            elif is_image_name(name) or not os.path.isfile(p):  # not a mere non-image file
+                self.skipped.append(f"{p}: {reason}")
+        return kept
+
+    def _reach(self, p: Path) -> str | None:
+        """None when the rule takes p (and it is now reached), else why it is skipped."""
+        try:
+            real = p.resolve(strict=True)
+        except FileNotFoundError:
+            return f"dangling link to {os.readlink(p)}"
+        except (RuntimeError, OSError):  # Python < 3.13 reports a loop as RuntimeError
+            return "link loop"
+        owner = self._reached.get(real)
+        if owner == p:
+            return None
+        if not real.is_relative_to(self.real_root):
+            return f"link out of the data root (to {real})"
+        here = p.parent.resolve()
+        if real == here or real in here.parents:
+            return "link loop (to a folder above it)"
+        if owner is not None:
+            return f"second path to {owner}"
+        self._reached[real] = p
+        return None
