@@ -131,7 +131,7 @@ class EvaluateConfig:
 
 def evaluate(cfg: EvaluateConfig) -> dict:
     """Accuracy of a saved model on `cfg.split` (default: the test split the fit held out)."""
-    from engine.data import load_splits
+    from engine.data import load_splits, skipped_images
     from engine.featurize import Featurizer
 
     t = Timings()
@@ -156,7 +156,8 @@ def evaluate(cfg: EvaluateConfig) -> dict:
         acc, total = accuracy(m.classifier, f.featurize(ds, desc=f"evaluate {cfg.split}"), False, remap)
     t.seconds.update(m.classifier.timings_.seconds)
     return {"accuracy": acc, "n": total, "split": cfg.split, "model": str(cfg.model),
-            "split_checked": bool(rec), "build": build.describe(), "timings": t.as_dict()}
+            "split_checked": bool(rec), "skipped_images": skipped_images(splits.skipped, ds.skipped),
+            "build": build.describe(), "timings": t.as_dict()}
 
 
 @dataclass

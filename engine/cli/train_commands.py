@@ -106,8 +106,9 @@ def run_evaluate(a: argparse.Namespace) -> dict:
                                   progress=progress(a)))
     if not a.json:
         b = res["build"]
+        skipped = res["skipped_images"]["count"]
         print(f"{res['split']} accuracy {100 * res['accuracy']:.2f} % on {res['n']} images "
-              f"({b['model']} {b['cut']} {b['precision']})")
+              f"({b['model']} {b['cut']} {b['precision']})" + (f", {skipped} skipped" if skipped else ""))
     return res
 
 

@@ -10,9 +10,9 @@
     stratified.py  stratified_split and samples (index arithmetic on labels)
     scan.py        FolderScan: the one rule for links (followed once, only inside the data root)
     splits.py      load_splits: folder layouts -> Splits, file_list_hash, split_hash
-    batches.py     iter_batches
+    batches.py     iter_batches, skipped_images (the JSON record of what a pass dropped)
 """
-from engine.data.batches import default_workers, iter_batches
+from engine.data.batches import default_workers, iter_batches, skipped_images
 from engine.data.datasets import DigitsDataset, ImageDataset, ImageFolderDataset, subset
 from engine.data.errors import DataError, DataWarning
 from engine.data.preprocess import (IMAGENET_DEFAULT, IMAGENET_MEAN, IMAGENET_STD, RESIZE_MODES, Preprocess,
@@ -28,5 +28,5 @@ __all__ = [
     "DigitsDataset", "ImageDataset", "ImageFolderDataset", "subset",
     "stratified_sample", "stratified_split",
     "FolderScan", "IMAGE_EXTENSIONS", "SPLIT_NAMES", "Splits", "file_list_hash", "list_images", "load_splits", "split_hash",
-    "default_workers", "iter_batches",
+    "default_workers", "iter_batches", "skipped_images",
 ]

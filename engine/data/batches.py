@@ -1,7 +1,8 @@
 """Parallel batching: a dataset -> float32 (B, 3, H, W) batches in dataset order, decoded in workers.
 
 Unreadable files are dropped and reported once at the end (a DataWarning), or raise DataError when
-the dataset is strict.
+the dataset is strict. After a pass, dataset.skipped holds the reasons ("path: why"), and
+skipped_images() turns them into the {"count", "first"} record that commands put in their JSON.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from engine.data.datasets import ImageDataset
 from engine.data.errors import DataError, DataWarning
 
 MAX_DEFAULT_WORKERS = 4
+NAMED_SKIPPED = 5  # skipped images named in a warning or a JSON record
 
 
 def default_workers() -> int:
@@ -23,6 +25,20 @@ def default_workers() -> int:
     if hasattr(os, "sched_getaffinity"):  # Linux; not on macOS or Windows
         return min(MAX_DEFAULT_WORKERS, len(os.sched_getaffinity(0)))
     return min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1)
+
+
+def skipped_images(*reasons: list[str]) -> dict:
+    """{"count": n, "first": the first few "path: why"} over lists of skip reasons (e.g. a load's
+    Splits.skipped and a pass's dataset.skipped): what JSON summaries report as skipped_images."""
+    every = [r for rs in reasons for r in rs]
+    return {"count": len(every), "first": every[:NAMED_SKIPPED]}
+
+
+def _warn_skipped(skipped: list[str]) -> None:
+    n = len(skipped)
+    named = "; ".join(skipped[:NAMED_SKIPPED]) + ("; ..." if n > NAMED_SKIPPED else "")
+    warnings.warn(f"skipped {n} unreadable image{'s' * (n > 1)} (first: {named}); --strict makes this an error",
+                  DataWarning, stacklevel=3)
 
 
 def _load_batch(dataset: ImageDataset, indices: list[int]):
@@ -49,8 +65,9 @@ def iter_batches(dataset: ImageDataset, batch_size: int, workers: int | None = N
 
     Decoding runs in `workers` processes (0: in this process; default default_workers()), at most
     2 batches per worker in flight. Unreadable images are dropped (B may shrink; a batch with
-    nothing left is not yielded) and counted in one DataWarning after the last batch; with
-    dataset.strict they raise DataError. Progress bar: on a TTY stderr, or as `progress` says.
+    nothing left is not yielded), counted in one DataWarning after the last batch and listed in
+    dataset.skipped ("path: why", reset by each pass); with dataset.strict they raise DataError.
+    Progress bar: on a TTY stderr, or as `progress` says.
     """
     from torch.utils.data import DataLoader
 
@@ -64,6 +81,7 @@ def iter_batches(dataset: ImageDataset, batch_size: int, workers: int | None = N
     loader = DataLoader(range(len(dataset)), batch_size=batch_size, num_workers=workers,
                         collate_fn=functools.partial(_load_batch, dataset), prefetch_factor=2 if workers else None)
     skipped: list[str] = []
+    dataset.skipped = skipped  # a new list per pass: datasets made by select() do not share it
     with progress_bar(progress, total=len(dataset), desc=desc, unit="img", dynamic_ncols=True) as bar:
         for batch in loader:
             if isinstance(batch, DataError):
@@ -74,5 +92,4 @@ def iter_batches(dataset: ImageDataset, batch_size: int, workers: int | None = N
             if idx:
                 yield x.numpy(), y, idx
     if skipped:
-        warnings.warn(f"skipped {len(skipped)} unreadable image{'s' * (len(skipped) > 1)} "
-                      f"(first: {skipped[0]})", DataWarning, stacklevel=2)
+        _warn_skipped(skipped)

@@ -24,6 +24,7 @@ class ImageDataset:
     labels: np.ndarray  # int64 (N,)
     preprocess: Preprocess
     strict: bool
+    skipped: list[str] = []  # "path: why" of the images the last iter_batches pass dropped
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -13,7 +13,8 @@ from PIL import Image
 from helpers import CLOTHING
 
 from engine.data import (IMAGENET_DEFAULT, DataError, DataWarning, DigitsDataset, ImageFolderDataset, Preprocess,
-                         file_list_hash, iter_batches, list_images, load_rgb, load_splits, stratified_split, subset)
+                         file_list_hash, iter_batches, list_images, load_rgb, load_splits, skipped_images,
+                         stratified_split, subset)
 
 SMALL = Preprocess(16, 12)  # tiny images keep the suite fast
 
@@ -244,6 +245,8 @@ def test_iter_batches_order_and_dropping(tmp_path, workers):
         batches = list(iter_batches(ds, batch_size=4, workers=workers, progress=False))
     indices = [i for _, _, idx in batches for i in idx]
     assert indices == [0, 1, 2, 6, 7, 8, 9]  # order kept, the 3 bad files (3, 4, 5) dropped
+    assert [r.split(": ")[0] for r in ds.skipped] == [str(p) for p in bad]  # what JSON summaries count
+    assert skipped_images(ds.skipped, ["x.jpg: link loop"]) == {"count": 4, "first": ds.skipped + ["x.jpg: link loop"]}
     assert [len(idx) for _, _, idx in batches] == [3, 2, 2]  # batches [0..3] [4..7] [8, 9] lose 3, then 4 and 5
     x = np.concatenate([b[0] for b in batches])
     y = np.concatenate([b[1] for b in batches])
@@ -258,8 +261,11 @@ def test_iter_batches_strict_raises_through_workers(tmp_path):
     with pytest.raises(DataError, match="garbage.png"):
         list(iter_batches(ds, 2, workers=1, progress=False))
     ds.strict = False
-    with pytest.warns(DataWarning, match="skipped 3"):
+    with pytest.warns(DataWarning, match="skipped 3 .*--strict makes this an error"):
         assert list(iter_batches(ds, 2, workers=0, progress=False)) == []
+    assert len(ds.skipped) == 3
+    list(iter_batches(ds.select([]), 2, workers=0, progress=False))
+    assert len(ds.skipped) == 3  # a pass over another dataset does not touch this one's record
 
 
 # --- the real photos --------------------------------------------------------------------------

@@ -112,3 +112,25 @@ def test_store_without_validation_fits_and_records_its_split(tiny_engine, tmp_pa
                            progress=False, workers=0))[1]
     assert s["split"]["split_hashes"] == direct["split"]["split_hashes"]
     assert s["test_accuracy"] == pytest.approx(direct["test_accuracy"])
+
+
+def test_skipped_images_are_counted_in_the_json(fitted, tmp_path, capsys):
+    """Unreadable images and links the scan did not follow are skipped, counted in the JSON, and named."""
+    import os
+
+    from engine.cli import main
+
+    _, model, _ = fitted
+    other = tmp_path / "other"
+    _photos(other / "train", n_per_class=2)
+    _photos(other / "test", n_per_class=2, seed=1)
+    (other / "test" / "red" / "bad.png").write_bytes(b"not a png")
+    os.symlink("gone.png", other / "test" / "green" / "dangling.png")
+    args = ["evaluate", "--model", str(model), "--data", str(other), "--no-split-check", "--workers", "0", "--json"]
+    assert main(args + ["--quiet"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["n"] == 6 and res["skipped_images"]["count"] == 2
+    first = res["skipped_images"]["first"]
+    assert any("dangling.png: dangling link" in r for r in first) and any("bad.png" in r for r in first)
+    assert main(args + ["--quiet", "--strict"]) == 2
+    assert "dangling.png" in json.loads(capsys.readouterr().out)["error"]
