@@ -163,23 +163,72 @@ def evaluate(cfg: EvaluateConfig) -> dict:
 @dataclass
 class PredictConfig:
     model: str  # a model file (`otl fit --out`)
-    images: list  # image file paths
+    images: list  # image files and folders (a folder: its images, recursively, under the link rule)
     build: str | None = None  # None: the build recorded in the model
+    strict: bool = False  # True: a missing or unreadable image is an error instead of an error row
+    batch_size: int = 32  # images per runner call: memory is bounded by it, not by the number of images
+    workers: int | None = None
     threads: int | None = None
+    progress: bool | None = None
 
 
 def predict(cfg: PredictConfig) -> list[dict]:
-    """One row per image: {"image", "class", "score"}; score is the ridge decision value of the class."""
-    from engine.data import Preprocess, load_rgb
+    """One row per image, in the order given (a folder's entries sorted), streamed in batches of
+    cfg.batch_size: {"image", "class", "score", "margin"}, or {"image", "error"} for an image that is
+    missing, unreadable or a link the scan does not follow (strict: DataError instead).
+
+    score: the ridge decision value of the predicted class (the largest of the model's scores);
+    margin: that score minus the runner-up's, >= 0 - near 0 the model hesitates between two classes.
+    """
+    from engine.data import ImageFolderDataset, iter_batches
 
     m = load_model(cfg.model)
     build = m.build(cfg.build, cfg.threads)
-    pre: Preprocess = build.preprocess
-    x = np.stack([pre(load_rgb(p)) for p in cfg.images]).astype(np.float32)
+    inputs = _expand_images(cfg.images, cfg.strict)
+    files = [p for p, error in inputs if error is None]
+    ds = ImageFolderDataset([(p, 0) for p in files], ["?"], build.preprocess, cfg.strict)
+    done: dict[int, dict] = {}
     with build.runner() as r:
-        scores = to_host(m.classifier.decision_function(r.infer(x)))
+        for x, _, idx in iter_batches(ds, cfg.batch_size, cfg.workers, cfg.progress, desc="predict"):
+            scores = to_host(m.classifier.decision_function(r.infer(x)))
+            done.update((i, _prediction(files[i], s, m.classifier.classes_)) for i, s in zip(idx, scores))
+    dropped = [i for i in range(len(files)) if i not in done]  # ds.skipped lists them in dataset order
+    done.update((i, {"image": str(files[i]), "error": why}) for i, why in zip(dropped, ds.skipped))
+    rows, k = [], 0
+    for p, error in inputs:
+        if error is None:
+            rows.append(done[k])
+            k += 1
+        else:
+            rows.append({"image": str(p), "error": error})
+    return rows
+
+
+def _prediction(path, scores: np.ndarray, classes: list[str]) -> dict:
+    """The row of one image from its ridge scores (float64 (n_classes,))."""
+    top, second = np.argsort(scores)[::-1][:2]
+    return {"image": str(path), "class": classes[top], "score": float(scores[top]),
+            "margin": float(scores[top] - scores[second])}
+
+
+def _expand_images(given, strict: bool) -> list[tuple[Path, str | None]]:
+    """(path, None) per image to predict, (path, why) per one that cannot be: a missing path, or a
+    link a folder's scan does not follow (engine.data.FolderScan); strict raises DataError instead."""
+    from engine.data import DataError, FolderScan
+
     out = []
-    for p, s in zip(cfg.images, scores):
-        i = int(np.argmax(s))
-        out.append({"image": str(p), "class": m.classifier.classes_[i], "score": float(s[i])})
+    for g in map(Path, given):
+        if g.is_dir():
+            scan = FolderScan(g, strict)
+            scan.reserve(g)
+            found = scan.images(g)
+            scan.finish()
+            out += sorted([(p, None) for p in found] + [(p, why) for p, why in scan.skipped], key=lambda t: t[0])
+        elif g.exists():
+            out.append((g, None))
+        elif strict:
+            raise DataError(f"image {g} does not exist; expected an image file or a folder of images - "
+                            "check the path, or drop --strict to report it as an error row")
+        else:
+            out.append((g, f"{g}: does not exist"))
     return out

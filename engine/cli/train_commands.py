@@ -113,21 +113,31 @@ def run_evaluate(a: argparse.Namespace) -> dict:
 
 
 def add_predict(sub) -> None:
-    p = sub.add_parser("predict", help="classify image files with a saved model")
+    p = sub.add_parser("predict", help="classify image files and folders with a saved model")
     p.add_argument("--model", required=True, help="model file (`otl fit --out`)")
     build_folder_arg(p, "build folder (default: the one recorded in the model)")
     runner_args(p)
-    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("images", nargs="+",
+                   help="image files and folders (a folder: its images, recursively; links followed only inside it)")
+    p.add_argument("--strict", action="store_true",
+                   help="fail on a missing or unreadable image instead of reporting it as an error row")
+    p.add_argument("--batch-size", type=int, default=32, help="images per batch, which bounds memory (default 32)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="image decoding workers (default: min(4, cores); 0: in this process)")
     output_args(p, seed=False)
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)  # accepted for compatibility; unused
+    p.epilog = ("Each row: image, class, score (the ridge score of the class) and margin (that score minus the "
+                "runner-up's; near 0 the model hesitates); or image and error.")
     p.set_defaults(func=run_predict)
 
 
 def run_predict(a: argparse.Namespace) -> dict:
     from engine.evaluate import PredictConfig, predict
 
-    rows = predict(PredictConfig(model=a.model, images=a.images, build=a.build, threads=a.threads))
+    rows = predict(PredictConfig(model=a.model, images=a.images, build=a.build, strict=a.strict,
+                                 batch_size=a.batch_size, workers=a.workers, threads=a.threads, progress=progress(a)))
     if not a.json:
         for r in rows:
-            print(f"{r['image']}\t{r['class']}\t{r['score']:.3f}")
-    return {"predictions": rows}
+            print(f"{r['image']}\terror: {r['error']}" if "error" in r
+                  else f"{r['image']}\t{r['class']}\t{r['score']:.3f}\tmargin {r['margin']:.3f}")
+    return {"predictions": rows, "errors": sum("error" in r for r in rows)}

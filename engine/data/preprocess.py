@@ -127,6 +127,8 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def load_rgb(path: str | Path) -> Image.Image:
     """Decode an image file to an RGB PIL image, EXIF orientation applied. Raises DataError."""
     path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: {'is a folder' if path.is_dir() else 'does not exist'}; expected an image file")
     try:
         if path.stat().st_size == 0:
             raise DataError(f"{path}: empty file (0 bytes); expected an image - remove or replace it")
@@ -141,4 +143,4 @@ def load_rgb(path: str | Path) -> Image.Image:
         raise
     except Exception as e:  # PIL raises OSError, SyntaxError, struct.error, ... on bad files
         raise DataError(f"{path}: cannot decode image ({type(e).__name__}: {e}); expected a readable "
-                        f"image file - re-save or remove it, or run with strict=False to skip it") from e
+                        f"image file - re-save or remove it (it is skipped unless --strict is given)") from e

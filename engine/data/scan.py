@@ -41,7 +41,7 @@ class FolderScan:
         self.root, self.strict = Path(root), strict
         self.real_root = self.root.resolve()
         self._reached: dict[Path, Path] = {self.real_root: self.root}  # real path -> the path that took it
-        self.skipped: list[str] = []  # "path: reason"
+        self.skipped: list[tuple[Path, str]] = []  # (path, why it was not taken)
 
     def reserve(self, folder: Path) -> None:
         """Record every entry under folder that is not a link (a walk that follows no link)."""
@@ -67,17 +67,18 @@ class FolderScan:
         return sorted(found)
 
     def finish(self) -> list[str]:
-        """The skipped entries ("path: reason"), after one DataWarning about them; DataError when strict."""
-        if not self.skipped:
+        """The skipped entries as "path: why", after one DataWarning about them; DataError when strict."""
+        reasons = [f"{p}: {why}" for p, why in self.skipped]
+        if not reasons:
             return []
-        n = len(self.skipped)
+        n = len(reasons)
         text = (f"{n} link{'s' * (n > 1)} under {self.root} "
-                f"({'; '.join(self.skipped[:NAMED_IN_MESSAGES])}{'; ...' if n > NAMED_IN_MESSAGES else ''})")
+                f"({'; '.join(reasons[:NAMED_IN_MESSAGES])}{'; ...' if n > NAMED_IN_MESSAGES else ''})")
         if self.strict:
             raise DataError(f"{text} cannot be followed: links are followed once and only inside the data folder; "
                             "fix or remove them, or drop --strict to skip them")
         warnings.warn(f"skipped {text}", DataWarning, stacklevel=3)
-        return list(self.skipped)
+        return reasons
 
     def _entries(self, folder: Path) -> list[Path]:
         """folder's visible entries that the link rule takes; the others are recorded in skipped."""
@@ -90,7 +91,7 @@ class FolderScan:
             if reason is None:
                 kept.append(p)
             elif is_image_name(name) or not os.path.isfile(p):  # not a mere non-image file
-                self.skipped.append(f"{p}: {reason}")
+                self.skipped.append((p, reason))
         return kept
 
     def _reach(self, p: Path) -> str | None:

@@ -134,3 +134,76 @@ def test_skipped_images_are_counted_in_the_json(fitted, tmp_path, capsys):
     assert any("dangling.png: dangling link" in r for r in first) and any("bad.png" in r for r in first)
     assert main(args + ["--quiet", "--strict"]) == 2
     assert "dangling.png" in json.loads(capsys.readouterr().out)["error"]
+
+
+# --- predict ------------------------------------------------------------------------------------
+
+def _recording_runner(monkeypatch) -> list[int]:
+    """The sizes of the batches every build runner is given from now on."""
+    from engine.build_folder import Build
+
+    sizes, real = [], Build.runner
+
+    def runner(self):
+        r = real(self)
+        infer = r.infer
+        r.infer = lambda x: (sizes.append(len(x)), infer(x))[1]
+        return r
+
+    monkeypatch.setattr(Build, "runner", runner)
+    return sizes
+
+
+def test_predict_reports_bad_images_without_losing_the_others(fitted, tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    from engine.evaluate import PredictConfig, predict
+
+    data, model, _ = fitted
+    folder = tmp_path / "to_classify"
+    (folder / "sub").mkdir(parents=True)
+    good = [data / "red" / "00.png", data / "green" / "01.png", data / "blue" / "02.png", data / "red" / "05.png"]
+    for i, p in enumerate(good):
+        shutil.copy(p, folder / ("sub" if i % 2 else ".") / f"{i}.png")
+    (folder / "1b_corrupt.png").write_bytes(b"not a png")
+    os.symlink("gone.png", folder / "sub" / "2_dangling.png")
+    missing = tmp_path / "missing.jpg"
+    alone = predict(PredictConfig(str(model), [str(p) for p in sorted(folder.rglob("[0-9].png"))], workers=0))
+    sizes = _recording_runner(monkeypatch)
+    rows = predict(PredictConfig(str(model), [str(folder), str(missing)], batch_size=2, workers=0))
+    assert [Path(r["image"]).name for r in rows] == ["0.png", "1b_corrupt.png", "2.png", "1.png", "2_dangling.png",
+                                                     "3.png", "missing.jpg"]  # folder entries sorted, then the file
+    errors = {Path(r["image"]).name: r["error"] for r in rows if "error" in r}
+    assert "cannot decode image" in errors["1b_corrupt.png"] and "dangling link" in errors["2_dangling.png"]
+    assert errors["missing.jpg"].endswith("does not exist")
+    ok = [r for r in rows if "error" not in r]
+    key = lambda r: Path(r["image"]).name  # noqa: E731
+    assert [(key(r), r["class"]) for r in sorted(ok, key=key)] == [(key(r), r["class"]) for r in sorted(alone, key=key)]
+    np.testing.assert_allclose([r["score"] for r in sorted(ok, key=key)], [r["score"] for r in sorted(alone, key=key)],
+                               rtol=1e-5)
+    assert all(r["margin"] >= 0 for r in ok)
+    assert sizes and max(sizes) <= 2 and sum(sizes) == 4  # streamed in batches, never all images at once
+
+
+def test_predict_strict_and_cli(fitted, tmp_path, capsys):
+    from engine.cli import main
+
+    data, model, _ = fitted
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"x")
+    args = ["predict", "--model", str(model), "--workers", "0", "--json", str(data / "red" / "00.png"), str(bad)]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["errors"] == 1 and out["predictions"][0]["class"] == "red" and "error" in out["predictions"][1]
+    assert main(args + ["--strict"]) == 2
+    assert "bad.png" in json.loads(capsys.readouterr().out)["error"]
+    assert main(args[:-1] + [str(tmp_path / "none.jpg"), "--strict"]) == 2
+    assert "none.jpg does not exist" in json.loads(capsys.readouterr().out)["error"]
+
+
+def test_prediction_margin_is_top_score_minus_runner_up():
+    from engine.evaluate import _prediction
+
+    row = _prediction("x.jpg", np.array([0.1, 0.7, -0.2, 0.4]), ["a", "b", "c", "d"])
+    assert row["class"] == "b" and row["score"] == pytest.approx(0.7) and row["margin"] == pytest.approx(0.3)
