@@ -38,6 +38,15 @@ def _recorded_args(rec: dict | None, data, seed, test_fraction, validation_fract
             pick(validation_fraction, "validation_fraction", 0.0) or 0.0)
 
 
+def check_default_data(data, rec: dict | None, classes: list[str]) -> None:
+    """Refuse to fall back on the embedded digits for a model that was not trained on them (a model
+    file that records no data folder): its classes would all be "never seen"."""
+    digits = [str(d) for d in range(10)]
+    if data is None and (rec or {}).get("kind") != "digits" and list(classes) != digits:
+        raise SplitMismatchError(f"this model was trained on classes {list(classes)}, not on the embedded digits, and "
+                                 "its file records no data folder; pass --data DIR with the images to score")
+
+
 def check_overlap(rec: dict | None, split: str) -> None:
     """Refuse a split the model was fitted on (before any image is read)."""
     trained_on = (rec or {}).get("trained_on") or ([] if not rec else ["train"])
@@ -63,15 +72,31 @@ def check_split(rec: dict | None, source: dict, split: str) -> None:
             "--no-split-check scores other data anyway")
 
 
+def confusion(clf, batches, encoded, remap=None) -> np.ndarray:
+    """int64 (n_classes, n_classes) counts over (features, labels) batches, in the model's class
+    order: row = true class, column = predicted (sklearn.metrics.confusion_matrix's convention);
+    remap: data's class index -> the model's."""
+    k = len(clf.classes_)
+    counts = np.zeros((k, k), dtype=np.int64)
+    for pred, y in clf.predict_stream(batches, encoded):
+        y = to_host(y) if remap is None else remap[to_host(y)]
+        np.add.at(counts, (np.asarray(y, dtype=np.int64), np.asarray(to_host(pred), dtype=np.int64)), 1)
+    return counts
+
+
 def accuracy(clf, batches, encoded, remap=None) -> tuple[float, int]:
     """(accuracy, rows) of the classifier over (features, labels) batches; remap: data's class
     index -> the model's."""
-    right = total = 0
-    for pred, y in clf.predict_stream(batches, encoded):
-        y = to_host(y) if remap is None else remap[to_host(y)]
-        right += int((to_host(pred) == y).sum())
-        total += len(y)
-    return right / max(total, 1), total
+    counts = confusion(clf, batches, encoded, remap)
+    total = int(counts.sum())
+    return int(np.trace(counts)) / max(total, 1), total
+
+
+def per_class(counts: np.ndarray, classes: list[str]) -> dict:
+    """{class: {"n": its images, "accuracy": the share predicted right, None without images}}."""
+    n = counts.sum(axis=1)
+    return {c: {"n": int(n[i]), "accuracy": float(counts[i, i] / n[i]) if n[i] else None}
+            for i, c in enumerate(classes)}
 
 
 
@@ -94,6 +119,10 @@ class LoadedModel:
         if not root:
             raise ModelFileError("this model was trained from a feature store without a build reference; "
                                  "pass --build BUILD_DIR")
+        if not build_dir and not Path(root).is_dir():
+            raise ModelFileError(f"the build this model was trained with, {root}, is not there any more (moved or "
+                                 "deleted); pass --build NEWPATH with its new location, or rebuild it with "
+                                 "`otl engines` and the same settings")
         made = Build(root, threads=threads)
         info = self.build_info
         want = info.get("key")
@@ -140,6 +169,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     recorded = m.meta.get("split")
     rec = recorded if cfg.check else None
     data, seed, test_fraction, vf = _recorded_args(recorded, cfg.data, cfg.seed, cfg.test_fraction, None)
+    check_default_data(data, recorded, m.classifier.classes_)
     check_overlap(rec, cfg.split)
     splits = load_splits(data, build.preprocess, test_fraction=test_fraction, validation_fraction=vf, seed=seed,
                          strict=cfg.strict)
@@ -153,9 +183,13 @@ def evaluate(cfg: EvaluateConfig) -> dict:
                          f"(the model knows {m.classifier.classes_})")
     remap = np.array([m.classifier.classes_.index(c) for c in splits.classes])
     with Featurizer(build, cfg.batch_size, cfg.workers, cfg.progress) as f:
-        acc, total = accuracy(m.classifier, f.featurize(ds, desc=f"evaluate {cfg.split}"), False, remap)
+        counts = confusion(m.classifier, f.featurize(ds, desc=f"evaluate {cfg.split}"), False, remap)
     t.seconds.update(m.classifier.timings_.seconds)
-    return {"accuracy": acc, "n": total, "split": cfg.split, "model": str(cfg.model),
+    total = int(counts.sum())
+    classes = list(m.classifier.classes_)
+    return {"accuracy": int(np.trace(counts)) / max(total, 1), "n": total, "split": cfg.split, "model": str(cfg.model),
+            "per_class": per_class(counts, classes),
+            "confusion": {"classes": classes, "matrix": counts.tolist(), "rows": "true class", "columns": "predicted"},
             "split_checked": bool(rec), "skipped_images": skipped_images(splits.skipped, ds.skipped),
             "build": build.describe(), "timings": t.as_dict()}
 

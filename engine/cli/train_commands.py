@@ -109,7 +109,20 @@ def run_evaluate(a: argparse.Namespace) -> dict:
         skipped = res["skipped_images"]["count"]
         print(f"{res['split']} accuracy {100 * res['accuracy']:.2f} % on {res['n']} images "
               f"({b['model']} {b['cut']} {b['precision']})" + (f", {skipped} skipped" if skipped else ""))
+        _print_confusion(res)
     return res
+
+
+def _print_confusion(res: dict) -> None:
+    """Per-class accuracy, then the confusion matrix (rows: true class, columns: predicted)."""
+    classes, matrix = res["confusion"]["classes"], res["confusion"]["matrix"]
+    width = max(6, *(len(c) for c in classes))
+    for c, pc in res["per_class"].items():
+        acc = "-" if pc["accuracy"] is None else f"{100 * pc['accuracy']:.2f} %"
+        print(f"  {c:<{width}}  {acc:>8} of {pc['n']}")
+    print(f"  confusion (rows: true, columns: predicted)\n  {'':<{width}}  " + " ".join(f"{c[:6]:>6}" for c in classes))
+    for c, row in zip(classes, matrix):
+        print(f"  {c:<{width}}  " + " ".join(f"{v:>6}" for v in row))
 
 
 def add_predict(sub) -> None:

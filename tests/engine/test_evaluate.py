@@ -1,6 +1,7 @@
 """The split travels with the model: evaluate scores exactly the fit's held-out split and refuses
 data that changed since, or a split that overlaps training."""
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -207,3 +208,65 @@ def test_prediction_margin_is_top_score_minus_runner_up():
 
     row = _prediction("x.jpg", np.array([0.1, 0.7, -0.2, 0.4]), ["a", "b", "c", "d"])
     assert row["class"] == "b" and row["score"] == pytest.approx(0.7) and row["margin"] == pytest.approx(0.3)
+
+
+# --- evaluate: per class, moved builds, the data source ------------------------------------------
+
+def test_per_class_accuracy_and_confusion_match_sklearn(fitted, capsys):
+    """The reference: predict() on the files of the fit's test split, counted by scikit-learn."""
+    from sklearn.metrics import confusion_matrix
+
+    from engine.build_folder import Build
+    from engine.cli import main
+    from engine.data import load_splits
+    from engine.evaluate import PredictConfig, load_model, predict
+
+    data, model, s = fitted
+    ev = evaluate(EvaluateConfig(model, workers=0, progress=False))
+    build = Build(load_model(model).meta["build_dir"])
+    test = load_splits(data, build.preprocess, test_fraction=0.25, seed=3).test
+    rows = predict(PredictConfig(str(model), [str(p) for p in test.paths], workers=0))
+    classes = ev["confusion"]["classes"]
+    want = confusion_matrix([test.classes[y] for y in test.labels], [r["class"] for r in rows], labels=classes)
+    assert classes == ["blue", "green", "red"] and want.sum() == ev["n"] == s["n_test"]
+    np.testing.assert_array_equal(ev["confusion"]["matrix"], want)
+    for i, c in enumerate(classes):
+        assert ev["per_class"][c] == {"n": int(want[i].sum()), "accuracy": pytest.approx(want[i, i] / want[i].sum())}
+    assert ev["accuracy"] == pytest.approx(np.trace(want) / want.sum())
+    assert main(["evaluate", "--model", str(model), "--workers", "0", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "confusion (rows: true, columns: predicted)" in text
+    assert all(f"{c:<6}  " + " ".join(f"{v:>6}" for v in row) in text for c, row in zip(classes, want.tolist()))
+
+
+def test_moved_build_folder_suggests_build(tiny_engine, tmp_path, capsys):
+    from engine.cli import main
+
+    res, _ = tiny_engine
+    old, new = tmp_path / "build", tmp_path / "moved-build"
+    shutil.copytree(res["build_dir"], old)
+    data = _photos(tmp_path / "photos", n_per_class=6)
+    model = tmp_path / "m.npz"
+    _, s = fit(FitConfig(build=str(old), data=str(data), n_components=200, alphas=(1e3,), out=str(model),
+                         progress=False, workers=0))
+    old.rename(new)
+    assert main(["evaluate", "--model", str(model), "--workers", "0", "--json"]) == 2
+    err = json.loads(capsys.readouterr().out)["error"]
+    assert f"{old.resolve()}, is not there any more" in err and "pass --build NEWPATH" in err
+    assert main(["predict", "--model", str(model), "--json", str(data / "red" / "00.png")]) == 2
+    assert "pass --build NEWPATH" in json.loads(capsys.readouterr().out)["error"]
+    ev = evaluate(EvaluateConfig(model, build=str(new), workers=0, progress=False))
+    assert ev["accuracy"] == pytest.approx(s["test_accuracy"])
+
+
+def test_evaluate_without_data_never_falls_back_on_the_digits(fitted, tmp_path):
+    """A folder-trained model whose file records no data folder is refused, not scored on the digits."""
+    from engine.model_file import load_npz, save_npz
+
+    data, model, s = fitted
+    meta, arrays = load_npz(model)
+    meta.pop("split")
+    save_npz(tmp_path / "old.npz", meta, arrays)
+    with pytest.raises(SplitMismatchError, match=r"trained on classes \['blue', 'green', 'red'\], not on the embedded "
+                                                 r"digits.*pass --data DIR"):
+        evaluate(EvaluateConfig(tmp_path / "old.npz", workers=0, progress=False))
