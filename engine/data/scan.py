@@ -41,16 +41,18 @@ class FolderScan:
         self.root, self.strict = Path(root), strict
         self.real_root = self.root.resolve()
         self._reached: dict[Path, Path] = {self.real_root: self.root}  # real path -> the path that took it
+        self._plain: set[Path] = set()  # the reserved paths (not links): taken without resolving them again
         self.skipped: list[tuple[Path, str]] = []  # (path, why it was not taken)
 
     def reserve(self, folder: Path) -> None:
         """Record every entry under folder that is not a link (a walk that follows no link)."""
         for dirpath, dirnames, filenames in os.walk(folder):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            real_dir = Path(os.path.realpath(dirpath))
             for name in dirnames + filenames:
                 p = Path(dirpath, name)
-                if not p.is_symlink():
-                    self._reached.setdefault(p.resolve(), p)
+                if not p.is_symlink() and self._reached.setdefault(real_dir / name, p) == p:
+                    self._plain.add(p)
 
     def subdirs(self, folder: Path) -> list[Path]:
         """folder's visible subfolders that the link rule takes, sorted."""
@@ -96,6 +98,8 @@ class FolderScan:
 
     def _reach(self, p: Path) -> str | None:
         """None when the rule takes p (and it is now reached), else why it is skipped."""
+        if p in self._plain:
+            return None
         try:
             real = p.resolve(strict=True)
         except FileNotFoundError:
