@@ -24,7 +24,7 @@ class ImageDataset:
     labels: np.ndarray  # int64 (N,)
     preprocess: Preprocess
     strict: bool
-    skipped: list[str] = []  # "path: why" of the images the last iter_batches pass dropped
+    skipped: list[str]  # "path: why" of the images the last iter_batches pass dropped (set by it)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -54,6 +54,7 @@ class ImageFolderDataset(ImageDataset):
         self.paths = [Path(p) for p, _ in samples]
         self.labels = np.array([label for _, label in samples], dtype=np.int64)
         self.classes, self.preprocess, self.strict = list(classes), preprocess, strict
+        self.skipped = []
         if len(self.labels) and not (0 <= self.labels.min() and self.labels.max() < len(self.classes)):
             raise DataError(f"labels span {self.labels.min()}..{self.labels.max()} but there are "
                             f"{len(self.classes)} classes; expected labels in 0..{len(self.classes) - 1}")
@@ -84,6 +85,7 @@ class DigitsDataset(ImageDataset):
         self.images = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)  # uint8 (1797, 8, 8)
         self.labels = digits.target.astype(np.int64)
         self.classes, self.preprocess, self.strict = [str(c) for c in range(10)], preprocess, False
+        self.skipped = []
         parts = stratified_split(self.labels, test_fraction, validation_fraction, seed)
         parts = dict(zip(("train", "validation", "test"), parts), all=np.arange(len(self.labels)))
         if split not in parts:
