@@ -27,6 +27,7 @@ __all__ = [
     "IMAGENET_DEFAULT", "IMAGENET_MEAN", "IMAGENET_STD", "RESIZE_MODES", "Preprocess", "load_rgb", "to_rgb",
     "DigitsDataset", "ImageDataset", "ImageFolderDataset", "subset",
     "stratified_sample", "stratified_split",
-    "FolderScan", "IMAGE_EXTENSIONS", "SPLIT_NAMES", "Splits", "file_list_hash", "list_images", "load_splits", "split_hash",
+    "FolderScan", "IMAGE_EXTENSIONS", "SPLIT_NAMES", "Splits", "file_list_hash", "list_images", "load_splits",
+    "split_hash",
     "default_workers", "iter_batches", "skipped_images",
 ]

@@ -1,18 +1,5 @@
-"""Walking a data folder under one rule for symbolic links; every folder scan of engine/data uses it.
-
-The link rule (FolderScan):
-    A link, to a file or a folder, is followed once, and only when its target resolves inside the
-    data root. These are skipped and counted like unreadable images (one DataWarning naming the
-    first few; with strict=True one DataError instead):
-      - a dangling link (its target does not exist)
-      - a link loop (a.jpg -> b.jpg -> a.jpg, or a folder linking to itself or to a folder above it,
-        e.g. train/x -> .)
-      - a link whose target lies outside the data root
-      - a link to a file or folder reached another way already (a second path to the same image
-        would count it twice, or leak a training image into the test split)
-    Files and folders that are not links are always taken; a link to one of them is the one
-    skipped. Between two links to the same target, the first in sorted order is taken.
-    Hidden entries (a name starting with ".") are ignored, as are files that are not images.
+"""Walking a data folder under one rule for symbolic links (FolderScan); every folder scan of
+engine/data, and predict's folders, use it.
 """
 from __future__ import annotations
 
@@ -31,10 +18,21 @@ def is_image_name(name: str) -> bool:
 
 
 class FolderScan:
-    """One load's walk of a data root: what it reached (so nothing is taken twice) and what it skipped.
+    """One load's walk of a data root under the link rule (decided in _reach):
 
-    reserve(folder) first records the files and folders that are not links under the folders the
-    load will read, so that a link met earlier in the walk cannot take their place.
+    A link, to a file or a folder, is followed once, and only when its target resolves inside the
+    data root. These are skipped and counted like unreadable images (one DataWarning naming the
+    first few; with strict=True one DataError instead):
+      - a dangling link (its target does not exist)
+      - a link loop (a.jpg -> b.jpg -> a.jpg, or a folder linking to itself or to a folder above
+        it, e.g. train/x -> .)
+      - a link whose target lies outside the data root
+      - a link to a file or folder reached another way already (a second path to the same image
+        would count it twice, or leak a training image into the test split)
+    Files and folders that are not links are taken first (reserve() records those under the
+    folders a load reads before the walk); between two links to the same target, the first in
+    sorted order (train/ before validation/ and test/) is taken. Hidden entries (a name starting
+    with ".") are ignored, as are files that are not images.
     """
 
     def __init__(self, root: Path, strict: bool = False):

@@ -6,7 +6,7 @@ Layouts (load_splits):
     B) DIR/<class>/*                                   split here by a stratified seeded draw
     no DIR                                             the embedded digits (DigitsDataset)
 
-Folders are walked under the link rule of engine/data/scan.py (links followed once, only inside DIR;
+Folders are walked under the link rule of engine/data/scan.py's FolderScan (links followed once, only inside DIR;
 the others skipped and counted in Splits.skipped, or errors with strict=True).
 
 Splits.source is manifest-friendly: the layout, seed and fractions, the counts, a hash of the whole
