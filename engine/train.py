@@ -95,7 +95,7 @@ def fit(cfg: FitConfig) -> tuple[TransferClassifier, dict]:
         "n_components": cfg.n_components if cfg.projection != "none" else None, "projection": cfg.projection,
         "encoder": clf.encoder_.spec, "solver": clf.solver_, "classes": clf.classes_,
         "build": src.build_info, "validation_source": src.validation_source if clf.n_validation_ else None,
-        "split": split, "recipe": recipe(src.build_info, clf, cfg),
+        "split": split, "recipe": recipe(src.build_info, clf, cfg), "skipped_images": src.skipped_images(),
     }
     timings = t.as_dict()
     timings["total"] = round(time.perf_counter() - t0, 4)
@@ -159,6 +159,13 @@ class _BuildSource:
     def validation(self):
         return self.batches("validation") if self.val is not None else None
 
+    def skipped_images(self) -> dict:
+        """What the folder scan and the passes over train, validation and test dropped."""
+        from engine.data import skipped_images
+
+        passes = (ds.skipped for ds in (self.train, self.val, self.splits.test) if ds is not None)
+        return skipped_images(self.splits.skipped, *passes)
+
 
 class _StoreSource:
     def __init__(self, cfg: FitConfig, t: Timings, encoder, store):
@@ -192,3 +199,7 @@ class _StoreSource:
 
     def validation(self):
         return self.batches("validation") if self.has("validation") else None
+
+    def skipped_images(self) -> dict | None:
+        """What featurizing the store dropped, as its manifest recorded it (None: not recorded)."""
+        return self.store.manifest.get("skipped_images")

@@ -270,3 +270,19 @@ def test_evaluate_without_data_never_falls_back_on_the_digits(fitted, tmp_path):
     with pytest.raises(SplitMismatchError, match=r"trained on classes \['blue', 'green', 'red'\], not on the embedded "
                                                  r"digits.*pass --data DIR"):
         evaluate(EvaluateConfig(tmp_path / "old.npz", workers=0, progress=False))
+
+
+def test_fit_counts_the_images_it_skipped(tiny_engine, tmp_path):
+    """fit's JSON counts what the scan and the passes over each split dropped."""
+    import os
+
+    res, _ = tiny_engine
+    data = tmp_path / "photos"
+    _photos(data / "train", n_per_class=3)
+    _photos(data / "test", n_per_class=2, seed=1)
+    (data / "train" / "red" / "bad.png").write_bytes(b"not a png")  # dropped by the pass over train
+    os.symlink("gone.png", data / "test" / "green" / "dangling.png")  # dropped by the scan
+    with pytest.warns(UserWarning, match="skipped"):
+        _, s = fit(FitConfig(build=res["build_dir"], data=str(data), n_components=100, progress=False, workers=0))
+    assert s["skipped_images"]["count"] == 2 and s["n_test"] == 6  # 3 classes x 2; the link is not an image
+    assert sorted(p.split(":")[0].rsplit("/", 1)[1] for p in s["skipped_images"]["first"]) == ["bad.png", "dangling.png"]
