@@ -67,6 +67,7 @@ def check_config(cfg: BuildConfig) -> None:
     from engine.data import RESIZE_MODES
 
     model_info(cfg.model)
+    _check_numbers(cfg)
     if cfg.pool is not None:
         pool_grid(cfg.pool)
     if cfg.resize not in RESIZE_MODES:
@@ -79,6 +80,17 @@ def check_config(cfg: BuildConfig) -> None:
     if not buildable(cfg.backend):
         raise BuildError(f"the {cfg.backend} backend is the reference and needs no build; "
                          "build for onnxruntime or tensorrt")
+
+
+def _check_numbers(cfg: BuildConfig) -> None:
+    """The CLI's ranges (engine/cli/args.py), for API users: refused before anything is built."""
+    from engine.checks import MAX_SEED, MIN_INPUT_SIZE, check_int, check_optional_int
+
+    check_optional_int("input_size", cfg.input_size, MIN_INPUT_SIZE)
+    check_int("seed", cfg.seed, 0, MAX_SEED)
+    check_optional_int("threads", cfg.threads, 1)
+    check_int("batch_size", cfg.batch_size, 1)
+    check_int("max_batch", cfg.max_batch, cfg.batch_size)
 
 
 def default_out(cfg: BuildConfig, cut_name: str, pool: str) -> Path:
@@ -106,8 +118,8 @@ def resolve_recipe(cfg: BuildConfig) -> Recipe:
     if cfg.resize != "crop":
         preprocess = dataclasses.replace(preprocess, resize=cfg.resize)
     pool = cfg.pool
+    shape = backbones.cut_map_shape(cfg.model, cut.name, size)  # a map < 1x1 fails here, with the smallest size
     if pool != "none":
-        shape = backbones.cut_map_shape(cfg.model, cut.name, size)
         pool = backbones.default_pool(shape) if pool is None else pool
         backbones.check_pool(pool, cfg.model, cut.name, shape, size)
     out = Path(cfg.out) if cfg.out else default_out(cfg, cut.name, pool)

@@ -19,6 +19,7 @@ OPSET = 18
 INPUT_NAME = "images"
 OUTPUT_NAME = "features"
 MAX_BATCH = 4096
+EXPORT_BATCH = 2  # the traced example's batch (engine/backbones/sizes.py checks its memory first)
 
 
 def export_onnx(module, path: str | os.PathLike, input_size: int = 224, verbose: bool = False) -> Path:
@@ -31,7 +32,7 @@ def export_onnx(module, path: str | os.PathLike, input_size: int = 224, verbose:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    x = torch.zeros(2, 3, input_size, input_size)
+    x = torch.zeros(EXPORT_BATCH, 3, input_size, input_size)
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export.") as tmp:
         raw = Path(tmp) / "model.onnx"

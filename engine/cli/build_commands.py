@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import argparse
 
-from engine.cli.args import (EMULATION_NOTE, build_args, build_config, build_folder_arg, data_args, output_args,
-                             progress, runner_args)
+from engine.checks import MIN_INPUT_SIZE
+from engine.cli.args import (EMULATION_NOTE, build_args, build_config, build_folder_arg, data_args, integer,
+                             output_args, progress, runner_args)
 
 
 def add_cuts(sub) -> None:
     c = sub.add_parser("cuts", help="list the valid cuts of a model with output shapes")
     c.add_argument("model")
-    c.add_argument("--input-size", type=int, default=None, help="square input size (default 224)")
+    c.add_argument("--input-size", type=integer(MIN_INPUT_SIZE), default=None, help="square input size (default 224)")
     c.add_argument("--pool", default=None, help="feature counts after this pooling: none | avg | avgN "
                                                 "(default: what `otl engines` uses, avg2 or avg on small maps)")
     c.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
