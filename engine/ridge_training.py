@@ -34,6 +34,14 @@ def raw_budget(max_bytes: int) -> int:
     return int(min(max_bytes, free // 4))
 
 
+def _available_ram() -> int | None:
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return int(psutil.virtual_memory().available)
+
+
 class RidgeTrainer:
     def __init__(self, clf, has_validation: bool):
         from kernels.selection import FoldedNormalEquations, SelectionError
@@ -52,12 +60,31 @@ class RidgeTrainer:
                                            dual_only=self.holdout)
         self.labels, self.val_rows, self.val_labels = [], [], []
         self.val_ne = self.spectral = None
+        self.n_grams = folds + 1 + (2 if has_validation else 0)  # per fold, total; validation's, the merge
+        if clf.projection != "none":  # k is known before any row: refuse before any work
+            self.check_memory(int(clf.n_components))
         self._models = {}  # alpha -> (W, b, solver) solved on train while selecting by holdout
+
+    def check_memory(self, k: int) -> None:
+        """MemoryError, with the estimate, when the k x k statistics and solves of a fit on k features
+        do not fit in the free memory (the projection matrix, once drawn, is already not free)."""
+        from kernels.ridge import ridge_memory_bytes
+
+        need, avail = ridge_memory_bytes(k, self.nc, self.n_grams), _available_ram()
+        if avail is not None and need > avail:
+            sim = self.clf.projection != "none"
+            raise MemoryError(f"ridge on k = {k} {'optical components' if sim else 'features'} needs about "
+                              f"{need / 2**30:.1f} GiB ({self.n_grams} k x k float64 statistics, the Cholesky "
+                              f"factor and the solve), more than the {avail / 2**30:.1f} GiB free; "
+                              + ("use fewer --n-components" if sim else
+                                 "pool the cut (--pool) or project (--projection sim --n-components K)"))
 
     # -- streaming --
     def add(self, Y, y):
         from kernels.ridge import one_vs_all_targets
 
+        if not self.labels:  # again with k known, now that the projection matrix holds its memory
+            self.check_memory(int(Y.shape[1]))
         self.train.update(Y, one_vs_all_targets(y, self.nc))
         self.labels.append(y)
 

@@ -25,8 +25,24 @@ __all__ = ["build_parser", "main"]
 EXPECTED_ERRORS = (ValueError, RuntimeError, OSError, ImportError, MemoryError, ArithmeticError, LookupError)
 
 
+class UsageError(ValueError):
+    """A command line argparse refuses (unknown option, a number out of range): `prog: error: ...`."""
+
+    def __init__(self, prog: str, message: str):
+        super().__init__(message)
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is raised instead of printed and exited on, so that main() can
+    honour the error contract (one line on stderr, one JSON object with --json, status 2)."""
+
+    def error(self, message: str):
+        raise UsageError(self.prog, message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="otl", description="Optical transfer learning: builds, features, "
+    p = _Parser(prog="otl", description="Optical transfer learning: builds, features, "
                                                         "gradient-free training.")
     sub = p.add_subparsers(dest="command", required=True)
     for add in (build_commands.add_cuts, build_commands.add_engines, build_commands.add_featurize,
@@ -37,7 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as e:
+        return _usage_fail(e, argv)
     if getattr(args, "quiet", False):
         warnings.simplefilter("ignore")
     t0 = time.perf_counter()
@@ -60,6 +80,14 @@ def main(argv=None) -> int:
 def _one_line(e: BaseException) -> str:
     text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
     return " ".join(text.split()) or repr(e)
+
+
+def _usage_fail(e: UsageError, argv: list) -> int:
+    command = e.prog.removeprefix("otl").strip() or None
+    if "--json" in argv:
+        print(json.dumps({"error": str(e), "command": command}))
+    print(f"{e.prog}: error: {e} (see `{e.prog} --help`)", file=sys.stderr)
+    return 2
 
 
 def _fail(args, msg: str) -> int:

@@ -2,6 +2,8 @@
 exit 2), before any model is built."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from engine import cli
@@ -22,11 +24,12 @@ from engine import cli
     (["report", "--input-size", "8"], "argument --input-size: expected an integer >= 32, got 8"),
 ])
 def test_numbers_are_checked_where_they_are_parsed(capsys, argv, message):
-    with pytest.raises(SystemExit) as e:
-        cli.main(argv)
-    assert e.value.code == 2
+    assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == f"otl {argv[0]}: error: {message}"
+    assert err == [f"otl {argv[0]}: error: {message} (see `otl {argv[0]} --help`)"]
+    assert cli.main([*argv, "--json"]) == 2
+    out = json.loads(capsys.readouterr().out)  # the --json contract holds for usage errors too
+    assert out == {"error": message, "command": argv[0]}
 
 
 @pytest.mark.parametrize("field, value, message", [
@@ -42,3 +45,38 @@ def test_build_config_checks_the_same_numbers(tmp_path, field, value, message):
     with pytest.raises(NumberError, match=message.replace("(", r"\(").replace(")", r"\)")):
         make_build(BuildConfig(model="resnet18", weights="random", out=str(tmp_path / "b"), **{field: value}))
     assert not (tmp_path / "b").exists()  # refused before anything was written
+
+
+def test_ridge_memory_is_refused_before_any_row_is_projected(monkeypatch):
+    """k = 40,000 components: ten 12.8 GB k x k float64 matrices (5 fold Grams, their total, the
+    solve's four) cannot fit in 8 GiB; the refusal comes before the projection matrix is drawn."""
+    import numpy as np
+
+    from engine import ridge_training
+    from engine.classifier import TransferClassifier
+
+    monkeypatch.setattr(ridge_training, "_available_ram", lambda: 8 << 30)
+    X, y = np.random.default_rng(0).random((40, 16), dtype=np.float32), np.arange(40) % 2
+    clf = TransferClassifier(n_components=40_000, encoder="threshold:0.5")
+    with pytest.raises(MemoryError, match=r"ridge on k = 40000 optical components needs about 11\d\.\d GiB "
+                                          r"\(6 k x k float64 statistics.*more than the 8.0 GiB free; use fewer "
+                                          r"--n-components"):
+        clf.fit(X, y)
+    assert clf.projection_.n_features_ is None  # nothing drawn, nothing projected
+    TransferClassifier(n_components=64, encoder="threshold:0.5").fit(X, y)  # 64: well within 8 GiB
+
+
+def test_the_ridge_estimate_covers_what_a_fit_allocates():
+    """Every k x k float64 array the fit's statistics hold is in the estimate (5 folds + total)."""
+    import numpy as np
+
+    from kernels.ridge import ridge_memory_bytes
+    from kernels.selection import FoldedNormalEquations
+
+    k, rng = 50, np.random.default_rng(0)
+    ne = FoldedNormalEquations(5, keep_raw_bytes=0)
+    for _ in range(4):
+        ne.update(rng.random((20, k), dtype=np.float32), np.sign(rng.standard_normal((20, 2))))
+    held = sum(f.G.nbytes for f in ne._folds) + ne.total().G.nbytes
+    solve = 4 * 8 * (k + 1) ** 2  # the centered Gram, the regularized copy, its factor, eigh's vectors
+    assert held <= ridge_memory_bytes(k, 2, n_grams=6) - solve
