@@ -9,6 +9,7 @@ stdout (progress and warnings go to stderr). Errors exit with status 2 and one l
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -59,10 +60,11 @@ def main(argv=None) -> int:
     except UsageError as e:
         return _usage_fail(e, argv)
     if getattr(args, "quiet", False):
-        warnings.simplefilter("ignore")
+        _quiet()
     t0 = time.perf_counter()
     try:
-        res = args.func(args)
+        with _stdout_to_stderr(args.json):
+            res = args.func(args)
     except EXPECTED_ERRORS as e:
         if os.environ.get("OTL_DEBUG"):  # the traceback, for a bug report
             raise
@@ -75,6 +77,40 @@ def main(argv=None) -> int:
         res.setdefault("timings", {})["total"] = round(time.perf_counter() - t0, 4)
         print(json.dumps(res, default=str))
     return 0
+
+
+def _quiet() -> None:
+    """--quiet: no warnings, except skipped images (DataWarning): silently training on fewer images
+    than the folder holds would be a wrong result, not noise."""
+    from engine.data.errors import DataWarning
+
+    warnings.simplefilter("ignore")
+    warnings.filterwarnings("default", category=DataWarning)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr(enabled: bool):
+    """With --json, stdout holds exactly one JSON object: while the command runs, whatever writes to
+    stdout (print, torch.hub's "Downloading: ...", C libraries, tqdm) goes to stderr, at the file
+    descriptor level; the real stdout comes back for the JSON object."""
+    if not enabled:
+        yield
+        return
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no fd 1 (a closed stdout): Python-level redirection only
+        saved = None
+    if saved is not None:
+        os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stderr.flush()
+        if saved is not None:
+            os.dup2(saved, 1)
+            os.close(saved)
 
 
 def _one_line(e: BaseException) -> str:

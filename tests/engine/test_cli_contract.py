@@ -80,3 +80,40 @@ def test_the_ridge_estimate_covers_what_a_fit_allocates():
     held = sum(f.G.nbytes for f in ne._folds) + ne.total().G.nbytes
     solve = 4 * 8 * (k + 1) ** 2  # the centered Gram, the regularized copy, its factor, eigh's vectors
     assert held <= ridge_memory_bytes(k, 2, n_grams=6) - solve
+
+
+def test_json_stdout_is_exactly_one_object_whatever_the_command_prints(monkeypatch, capfd):
+    """torch.hub prints "Downloading: ..." on stdout; C libraries write to fd 1 directly."""
+    import os
+    import subprocess
+
+    from engine.cli import build_commands
+
+    def noisy(_args):
+        print("Downloading: https://download.pytorch.org/models/x.pth")
+        os.write(1, b"a C library writing to fd 1\n")
+        subprocess.run(["echo", "a child process"], check=True)
+        return {"ok": True}
+
+    monkeypatch.setattr(build_commands, "run_cuts", noisy)
+    assert cli.main(["cuts", "densenet121", "--json"]) == 0
+    out, err = capfd.readouterr()
+    assert json.loads(out)["ok"] is True and out.count("\n") == 1
+    assert "Downloading:" in err and "a C library" in err and "a child process" in err
+
+
+def test_quiet_hides_warnings_but_not_skipped_images(monkeypatch):
+    import warnings
+
+    from engine.cli import build_commands
+    from engine.data.errors import DataWarning
+
+    def warns(_args):
+        warnings.warn("some library's deprecation", DeprecationWarning)
+        warnings.warn("skipped 3 unreadable images", DataWarning)
+        return {}
+
+    monkeypatch.setattr(build_commands, "run_engines", warns)
+    with warnings.catch_warnings(record=True) as shown:  # main's filters apply; the record is what is shown
+        assert cli.main(["engines", "--quiet"]) == 0
+    assert [(w.category, str(w.message)) for w in shown] == [(DataWarning, "skipped 3 unreadable images")]
