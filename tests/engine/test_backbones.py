@@ -71,7 +71,8 @@ def test_unknown_cut_lists_valid_ones():
 
 
 def test_weights_file_missing(tmp_path):
-    with pytest.raises(BackboneError, match=r"neither 'imagenet', 'random' nor an existing file"):
+    with pytest.raises(BackboneError, match=r"neither 'imagenet', 'random' nor an existing file; pass imagenet, "
+                                            r"random or a .pth state dict"):
         build_cut("densenet121", "transition1", str(tmp_path / "nope.pth"))
 
 
@@ -142,3 +143,21 @@ def test_an_input_too_large_for_memory_is_refused_before_any_allocation(monkeypa
     with pytest.raises(MemoryError, match=r"--input-size 100000: resnet18 cut features needs about [\d.]+ GiB of "
                                           r"activations for 2 images, more than this machine's 8.0 GiB"):
         build_cut("resnet18", None, "random", input_size=100000)
+
+
+@pytest.mark.parametrize("content, kind", [
+    (b"hello, not weights\n", "a text file"),  # torch.load says only "101"
+    (bytes(range(7, 256)) * 20, "binary data that is neither zip nor pickle"),  # torch: "re-run with weights_only=False"
+    (None, "a zip archive holding Python objects besides tensors, e.g. a whole pickled model"),
+])
+def test_a_weights_file_that_is_not_a_state_dict_says_what_it_is(tmp_path, content, kind):
+    p = tmp_path / "w.pth"
+    if content is None:
+        torch.save(torch.nn.Linear(2, 2), p)  # the whole module, not its state_dict
+    else:
+        p.write_bytes(content)
+    with pytest.raises(BackboneError, match=rf"^{p} is not a torch checkpoint \({kind}\); pass a .pth state dict "
+                                            r"saved by torch.save\(model.state_dict\(\), PATH\)$"):
+        build_cut("resnet18", None, str(p))
+    with pytest.raises(BackboneError, match=r"weights '.*' is a directory; pass imagenet, random or a .pth"):
+        build_cut("resnet18", None, str(tmp_path))

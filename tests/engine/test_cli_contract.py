@@ -117,3 +117,14 @@ def test_quiet_hides_warnings_but_not_skipped_images(monkeypatch):
     with warnings.catch_warnings(record=True) as shown:  # main's filters apply; the record is what is shown
         assert cli.main(["engines", "--quiet"]) == 0
     assert [(w.category, str(w.message)) for w in shown] == [(DataWarning, "skipped 3 unreadable images")]
+
+
+@pytest.mark.parametrize("make, kind", [(lambda p: p.write_text("not a model\n"), "a text file"),
+                                        (lambda p: p.mkdir(), "a directory")])
+def test_a_model_that_is_not_an_npz_says_what_it_is(tmp_path, capsys, make, kind):
+    model = tmp_path / "m.npz"
+    make(model)
+    assert cli.main(["predict", "--model", str(model), "a.jpg"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"otl predict: error: ModelFileError: model file {model} is {kind}, not an otl model (.npz); "
+                   "pass the file `otl fit --out MODEL.npz` wrote"]
