@@ -51,14 +51,14 @@ def build_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resize", default="crop", choices=("crop", "squash"),
                    help="crop: shorter side + center crop (torchvision's weights transforms); "
                         "squash: the whole image resized to a square (the reference's); default crop")
-    g.add_argument("--force", action="store_true", help="rebuild even when the manifest key is unchanged")
+    g.add_argument("--force", action="store_true", help="rebuild even when the manifest key is unchanged (default off)")
     g.add_argument("--calibration-images", type=integer(1), default=512, help="int8: images used for calibration (default 512)")
     g.add_argument("--calibration-method", default="entropy", help="int8: entropy (default) | max | percentile")
     g.add_argument("--keep-fp32", type=integer(0), default=3,
                    help="int8: leave the first N quantizable activations in fp32, the most sensitive layers "
                         "(default 3; 0: all int8)")
     g.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
-                   help="int8: do not fold the mean error of the int8 weights into the biases")
+                   help="int8: do not fold the mean error of the int8 weights into the biases (default: folded)")
     g.add_argument("--refine-images", type=integer(0), default=0,
                    help="int8: choose each tensor's clip value (amax) among the calibrator's candidates by the "
                         "feature error on N calibration images (slower build, more accurate features; default 0: off)")
@@ -90,7 +90,7 @@ def data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--validation-fraction", type=fraction, default=0.0,
                    help="validation fraction carved from train when DIR has no validation/ folder (default 0: none; "
                         "fit --select holdout without validation data carves 0.1)")
-    g.add_argument("--strict", action="store_true", help="fail on unreadable images instead of skipping them")
+    g.add_argument("--strict", action="store_true", help="fail on unreadable images instead of skipping them (default off: skip, with a warning)")
     g.add_argument("--batch-size", type=integer(1), default=32, help="images per batch (default 32)")
     g.add_argument("--workers", type=integer(0), default=None, help="image decoding workers (default: min(4, cores); 0: in this process)")
 
@@ -98,8 +98,8 @@ def data_args(p: argparse.ArgumentParser) -> None:
 def output_args(p: argparse.ArgumentParser, seed: bool = True) -> None:
     if seed:
         p.add_argument("--seed", type=integer(0, MAX_SEED), default=0, help="seed for random weights, splits and projections (default 0)")
-    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or warnings")
+    p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout (default off)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or warnings, except skipped images (default off)")
 
 
 def progress(a: argparse.Namespace) -> bool | None:

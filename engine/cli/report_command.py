@@ -53,9 +53,9 @@ def add_report(sub) -> None:
     r.add_argument("--baseline-epochs", type=integer(0), default=d.baseline_epochs,
                    help=f"backprop baseline epochs (default {d.baseline_epochs}; 0: no baseline)")
     r.add_argument("--baseline-cuts", default=None, help="cuts the baseline trains at (default: every cut)")
-    r.add_argument("--baseline-lr", type=float, default=d.baseline_lr, help="Adam learning rate (default 1e-4)")
+    r.add_argument("--baseline-lr", type=float, default=d.baseline_lr, help=f"Adam learning rate (default {d.baseline_lr})")
     r.add_argument("--baseline-batch", type=integer(1), default=d.baseline_batch, help=f"default {d.baseline_batch}")
-    r.add_argument("--no-linear-probe", action="store_true", help="leave ridge on the pooled floats out of the sweep")
+    r.add_argument("--no-linear-probe", action="store_true", help="leave ridge on the pooled floats out of the sweep (default off)")
     r.add_argument("--resize", default="crop", choices=("crop", "squash"), help="default crop")
     r.add_argument("--input-size", type=integer(MIN_INPUT_SIZE), default=None, help="square input size (default: the weights' crop)")
     r.add_argument("--calibration-images", type=integer(1), default=d.calibration_images, help="int8 (default 512)")
@@ -72,10 +72,10 @@ def add_report(sub) -> None:
     r.add_argument("--seed", type=integer(0, MAX_SEED), default=0, help="seed of random weights and of the split (default 0)")
     r.add_argument("--threads", type=integer(1), default=None, help="intra-op threads (default: all cores)")
     r.add_argument("--workers", type=integer(0), default=None, help="image decoding workers (default: min(4, cores))")
-    r.add_argument("--force", action="store_true", help="rebuild and re-featurize even when keys are unchanged")
+    r.add_argument("--force", action="store_true", help="rebuild and re-featurize even when keys are unchanged (default off)")
     r.add_argument("--out", default=d.out, help=f"report folder (default {d.out})")
-    r.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
-    r.add_argument("--quiet", action="store_true", help="no progress bars or warnings")
+    r.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout (default off)")
+    r.add_argument("--quiet", action="store_true", help="no progress bars or warnings, except skipped images (default off)")
     r.set_defaults(func=run_report)
 
 

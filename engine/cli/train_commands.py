@@ -8,8 +8,9 @@ from engine.cli.args import build_folder_arg, data_args, integer, output_args, p
 
 def add_fit(sub) -> None:
     f = sub.add_parser("fit", help="train a classifier without backprop (one streaming pass)")
-    build_folder_arg(f, "build folder (`otl engines --out`) that featurizes the images")
-    f.add_argument("--features", default=None, help="a feature store (`otl featurize --out`) instead of a build")
+    build_folder_arg(f, "build folder (`otl engines --out`) that featurizes the images (default: none; "
+                        "give --build or --features)")
+    f.add_argument("--features", default=None, help="a feature store (`otl featurize --out`) instead of a build (default: none)")
     data_args(f)
     runner_args(f)
     output_args(f)
@@ -34,7 +35,7 @@ def add_fit(sub) -> None:
                         "0/1 inputs) | bfloat16 | float16 | float32")
     f.add_argument("--camera-bits", type=int, choices=(8,), default=None,
                    help="sim: quantize outputs like an 8-bit camera (default: off)")
-    f.add_argument("--no-intercept", action="store_true", help="fit without an intercept")
+    f.add_argument("--no-intercept", action="store_true", help="fit without an intercept (default off: with one)")
     f.add_argument("--out", default=None, help="model file to write (.npz; default: not saved)")
     f.set_defaults(func=run_fit)
 
@@ -86,7 +87,7 @@ def add_evaluate(sub) -> None:
     data_args(e)
     runner_args(e)
     e.add_argument("--no-split-check", action="store_true",
-                   help="score other data than the fit's held-out split (a new test set)")
+                   help="score other data than the fit's held-out split (a new test set; default off)")
     output_args(e)
     # The fit's recorded data folder, seed and test fraction unless given.
     e.set_defaults(seed=None, test_fraction=None, func=run_evaluate)

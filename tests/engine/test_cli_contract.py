@@ -128,3 +128,29 @@ def test_a_model_that_is_not_an_npz_says_what_it_is(tmp_path, capsys, make, kind
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"otl predict: error: ModelFileError: model file {model} is {kind}, not an otl model (.npz); "
                    "pass the file `otl fit --out MODEL.npz` wrote"]
+
+
+def test_int8_tensors_without_amax_are_reported_once_per_build(tmp_path, caplog):
+    """A build quantizes one trial model per refinement candidate: it used to log the tensors kept
+    in fp32 for each of them (186 times with --refine-images 8)."""
+    import dataclasses
+
+    import torch
+
+    from calibration import calibrate, refine_amax, write_qdq_models
+    from engine.export import export_onnx
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3),
+                                 torch.nn.ReLU(), torch.nn.Flatten(1)).eval()
+    onnx_file = export_onnx(module, tmp_path / "m.onnx", 8)
+    x = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    res = calibrate(module, [x], str(onnx_file), num_images=16, progress=False)
+    kept = sorted(res.amax)[0]  # as --keep-fp32 does: a tensor without amax stays fp32
+    res = dataclasses.replace(res, amax={t: a for t, a in res.amax.items() if t != kept})
+    with caplog.at_level("WARNING", logger="calibration"):
+        amax, rep = refine_amax(str(onnx_file), res, x.numpy(), threads=1, progress=False)
+        write_qdq_models(str(onnx_file), dataclasses.replace(res, amax=amax), tmp_path)
+    assert rep.trials > 1
+    said = [r.getMessage() for r in caplog.records if "have no amax" in r.getMessage()]
+    assert len(said) == 1 and kept in said[0]
