@@ -16,8 +16,6 @@ import sys
 import time
 import warnings
 
-from engine.cli import build_commands, report_command, train_commands
-
 __all__ = ["build_parser", "main"]
 
 # Anticipated failures: bad input, missing or stale artifacts, missing packages, resources. Every
@@ -43,6 +41,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from engine.cli import build_commands, report_command, train_commands  # here: Ctrl-C while importing is main's
+
     p = _Parser(prog="otl", description="Optical transfer learning: builds, features, "
                                                         "gradient-free training.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -54,7 +54,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Exit status: 0, 2 for an anticipated error (one line), 130 when interrupted (Ctrl-C, also
+    while importing or parsing: one line "interrupted"), 141 when the reader of stdout went away
+    (`otl cuts resnet18 | head`: quietly, like a process killed by SIGPIPE)."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        code = _run(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
+        return code
+    except BrokenPipeError:
+        # Python's advice (signal docs, "Note on SIGPIPE"): point stdout at devnull so that the
+        # flush at exit does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    except KeyboardInterrupt:  # before the command ran (importing, parsing); _run handles it after
+        print("otl: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(argv: list) -> int:
     try:
         args = build_parser().parse_args(argv)
     except UsageError as e:
@@ -65,6 +84,8 @@ def main(argv=None) -> int:
     try:
         with _stdout_to_stderr(args.json):
             res = args.func(args)
+    except BrokenPipeError:
+        raise
     except EXPECTED_ERRORS as e:
         if os.environ.get("OTL_DEBUG"):  # the traceback, for a bug report
             raise

@@ -154,3 +154,36 @@ def test_int8_tensors_without_amax_are_reported_once_per_build(tmp_path, caplog)
     assert rep.trials > 1
     said = [r.getMessage() for r in caplog.records if "have no amax" in r.getMessage()]
     assert len(said) == 1 and kept in said[0]
+
+
+def test_a_closed_stdout_ends_quietly():
+    """`otl cuts resnet18 | head`: the reader goes away; no BrokenPipeError traceback, status 141."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers import REPO
+
+    code = ("import sys; from engine.cli import build_commands, main; "
+            "build_commands.run_cuts = lambda a: print('row\\n' * 100_000) or {}; sys.exit(main(['cuts', 'resnet18']))")
+    p = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    p.stdout.close()  # the reader exits before the first line
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=60) == 141 and err == ""
+
+
+@pytest.mark.parametrize("where", ["parse", "command"])
+def test_ctrl_c_is_one_line_and_status_130(monkeypatch, capsys, where):
+    from engine.cli import build_commands
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    if where == "parse":
+        monkeypatch.setattr(cli, "build_parser", interrupt)
+    else:
+        monkeypatch.setattr(build_commands, "run_cuts", interrupt)
+    assert cli.main(["cuts", "resnet18"]) == 130
+    err = capsys.readouterr().err
+    assert err == ("otl: interrupted\n" if where == "parse" else "otl cuts: error: interrupted\n")
