@@ -34,11 +34,14 @@ def _parsed(text: str, kind, problem):
     return value
 
 
-def build_args(p: argparse.ArgumentParser) -> None:
-    """What `otl engines` builds (also offered by `otl featurize`, which builds when --build is not given)."""
+def build_args(p: argparse.ArgumentParser, runs_builds: bool = False) -> None:
+    """What `otl engines` builds (also offered by `otl featurize`, which builds when --build is not given;
+    runs_builds: its --backend may also run a given build on the torch reference)."""
     from engine.backbones import DEFAULT_POOL, MODELS, POOL_HELP
-    from engine.backends import BACKENDS
+    from engine.backends import BACKENDS, buildable
     from engine.build import PRECISIONS
+
+    backends = BACKENDS if runs_builds else tuple(b for b in BACKENDS if buildable(b))
 
     g = p.add_argument_group("build")
     g.add_argument("--model", default="densenet169", help=f"backbone: {', '.join(MODELS)} (default densenet169)")
@@ -62,8 +65,8 @@ def build_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--refine-images", type=integer(0), default=0,
                    help="int8: choose each tensor's clip value (amax) among the calibrator's candidates by the "
                         "feature error on N calibration images (slower build, more accurate features; default 0: off)")
-    g.add_argument("--backend", default="auto", help=f"{' | '.join(BACKENDS)} (default auto: TensorRT if usable, "
-                                                     "else ONNX Runtime)")
+    g.add_argument("--backend", default="auto", choices=backends, metavar="BACKEND",
+                   help=f"{' | '.join(backends)} (default auto: TensorRT if usable, else ONNX Runtime)")
 
 
 def runner_args(p: argparse.ArgumentParser, backend: bool = False) -> None:

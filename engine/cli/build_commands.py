@@ -81,7 +81,7 @@ def add_featurize(sub) -> None:
 
     f = sub.add_parser("featurize", help="featurize a dataset into a feature store")
     build_folder_arg(f, "a build folder (`otl engines --out`); default: built (or reused) from the build arguments")
-    build_args(f)
+    build_args(f, runs_builds=True)
     runner_args(f)
     data_args(f)
     output_args(f)

@@ -187,3 +187,11 @@ def test_ctrl_c_is_one_line_and_status_130(monkeypatch, capsys, where):
     assert cli.main(["cuts", "resnet18"]) == 130
     err = capsys.readouterr().err
     assert err == ("otl: interrupted\n" if where == "parse" else "otl cuts: error: interrupted\n")
+
+
+def test_engines_offers_only_the_backends_it_can_build(capsys):
+    sub = next(a for a in cli.build_parser()._actions if a.dest == "command")
+    backend = next(a for a in sub.choices["engines"]._actions if a.dest == "backend")
+    assert "torch" not in backend.help and "onnxruntime" in backend.help
+    assert cli.main(["engines", "--backend", "torch"]) == 2
+    assert "argument --backend: invalid choice: 'torch'" in capsys.readouterr().err
