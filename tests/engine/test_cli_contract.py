@@ -195,3 +195,19 @@ def test_engines_offers_only_the_backends_it_can_build(capsys):
     assert "torch" not in backend.help and "onnxruntime" in backend.help
     assert cli.main(["engines", "--backend", "torch"]) == 2
     assert "argument --backend: invalid choice: 'torch'" in capsys.readouterr().err
+
+
+def test_fit_json_counts_the_test_images(tiny_engine, tmp_path, capsys):
+    """n_test: the images the test accuracy was measured on (all of test/ here)."""
+    from PIL import Image
+
+    for split, n in (("train", 6), ("test", 3)):
+        for c, color in (("red", (200, 0, 0)), ("blue", (0, 0, 200))):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (40, 40), tuple(v + 9 * i for v in color)).save(tmp_path / split / c / f"{i}.png")
+    res, _ = tiny_engine
+    assert cli.main(["fit", "--build", res["build_dir"], "--data", str(tmp_path), "--n-components", "64",
+                     "--alphas", "1e3", "--json", "--quiet", "--workers", "0", "--threads", "1"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["n_train"], out["n_test"]) == (12, 6) and out["test_accuracy"] is not None
