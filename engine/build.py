@@ -46,6 +46,7 @@ class BuildConfig:
     threads: int | None = None
     force: bool = False
     verbose: bool = False
+    progress: bool | None = False  # bars on stderr (None: when it is a terminal; the CLI: unless --quiet)
     max_batch: int = 256  # the TensorRT profile's largest batch
 
 
@@ -201,7 +202,8 @@ def _export(cfg: BuildConfig, r: Recipe, calib, t: Timings) -> tuple[object, dic
         module, _ = backbones.build_cut(cfg.model, r.cut, cfg.weights, cfg.seed, pool=r.pool, input_size=r.input_size)
     files: dict[str, Path] = {}
     with t("export_onnx"):
-        files["onnx_fp32"] = export_onnx(module, r.out / "model.fp32.onnx", r.input_size, verbose=cfg.verbose)
+        files["onnx_fp32"] = export_onnx(module, r.out / "model.fp32.onnx", r.input_size, verbose=cfg.verbose,
+                                         progress=cfg.progress)
     extra: dict = {}
     if cfg.precision == "fp16":
         with t("convert_fp16"):

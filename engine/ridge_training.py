@@ -10,6 +10,7 @@ in O(k²) memory whatever n is. Per-fold statistics only where K-fold may run.
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import numpy as np
@@ -108,11 +109,25 @@ class RidgeTrainer:
     # -- selection --
     def select(self):
         """The Selection (kernels/selection.py), or None when the grid has a single alpha."""
+        if self.grid is not None and len(self.grid) == 1:
+            return None
+        with self._bar("ridge: choose alpha"):
+            return self._select()
+
+    @contextlib.contextmanager
+    def _bar(self, desc: str):
+        """A one-step bar on stderr around a solve that can take minutes at large k (the classifier's
+        `progress`, set by engine/train.py from --quiet; None: when stderr is a terminal)."""
+        from kernels.progress import progress_bar
+
+        with progress_bar(getattr(self.clf, "progress", None), total=1, desc=desc, unit="step") as bar:
+            yield
+            bar.update(1)
+
+    def _select(self):
         from kernels import selection as S
 
         clf, grid = self.clf, self.grid
-        if grid is not None and len(grid) == 1:
-            return None
         method = S.resolve_method(clf.select, self.n_validation > 0, self.train.rows is not None)
         widen = grid is None
         if grid is None:
@@ -180,6 +195,10 @@ class RidgeTrainer:
     # -- the final model --
     def final_solve(self, alpha: float):
         """(W, intercept, solver) at alpha on every training row (and validation's, when refit)."""
+        with self._bar("ridge: solve"):
+            return self._final_solve(alpha)
+
+    def _final_solve(self, alpha: float):
         from kernels.ridge import NormalEquations
 
         clf = self.clf
@@ -194,3 +213,4 @@ class RidgeTrainer:
         path = ne.solve_path([alpha], fit_intercept=clf.fit_intercept, solver="cholesky")
         W, b = path[0]
         return W, b, path.solver
+

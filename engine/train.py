@@ -71,6 +71,7 @@ def fit(cfg: FitConfig) -> tuple[TransferClassifier, dict]:
     clf = TransferClassifier(cfg.n_components, encoder, cfg.alphas, cfg.projection, cfg.seed,
                              cfg.fit_intercept, matrix_dtype=cfg.matrix_dtype, camera_bits=cfg.camera_bits,
                              select=cfg.select, folds=cfg.folds, refit_validation=cfg.refit_validation)
+    clf.progress = cfg.progress  # the ridge solve's bars (engine/ridge_training.py)
     t = clf.timings_
     if cfg.features:
         src = _StoreSource(cfg, t, encoder, store)
@@ -188,7 +189,18 @@ class _StoreSource:
 
     def batches(self, split):
         # reading the store stands in for featurization; the classifier encodes float rows
-        return timed_items(self.store.iter_batches(split, 1024), self.t, "featurize")
+        return timed_items(_counted(self.store.iter_batches(split, 1024), self.store.rows(split),
+                                    f"fit: {split} (store)", self.cfg.progress), self.t, "featurize")
 
     def validation(self):
         return self.batches("validation") if self.has("validation") else None
+
+
+def _counted(batches, rows: int, desc: str, progress: bool | None):
+    """(X, y) batches, counted in rows on a bar on stderr: reading a large store takes minutes."""
+    from kernels.progress import progress_bar
+
+    with progress_bar(progress, total=rows, desc=desc, unit="row") as bar:
+        for X, y in batches:
+            bar.update(len(y))
+            yield X, y

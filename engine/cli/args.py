@@ -118,7 +118,8 @@ def build_config(a: argparse.Namespace, out=None):
                        data=getattr(a, "data", None), calibration_images=a.calibration_images,
                        calibration_method=a.calibration_method, keep_fp32=a.keep_fp32,
                        bias_correction=a.bias_correction, refine_images=a.refine_images,
-                       batch_size=getattr(a, "batch_size", 32), threads=a.threads, force=a.force)
+                       batch_size=getattr(a, "batch_size", 32), threads=a.threads, force=a.force,
+                       progress=progress(a))
 
 
 def parse_alphas(text: str):

@@ -211,3 +211,28 @@ def test_fit_json_counts_the_test_images(tiny_engine, tmp_path, capsys):
                      "--alphas", "1e3", "--json", "--quiet", "--workers", "0", "--threads", "1"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert (out["n_train"], out["n_test"]) == (12, 6) and out["test_accuracy"] is not None
+
+
+def test_progress_goes_to_stderr_and_quiet_hides_it(tmp_path, capsys):
+    """ONNX export, the ridge solve and reading a feature store draw bars on stderr, never stdout."""
+    import numpy as np
+    import torch
+
+    from engine import train
+    from engine.classifier import TransferClassifier
+    from engine.export import export_onnx
+
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.Flatten(1)).eval()
+    export_onnx(module, tmp_path / "m.onnx", 8, progress=True)
+    clf = TransferClassifier(n_components=32, encoder="threshold:0.5", alphas=[1.0, 10.0])
+    clf.progress = True
+    X = np.random.default_rng(0).random((20, 8), dtype=np.float32)
+    clf.fit(X, np.arange(20) % 2)
+    rows = list(train._counted(iter([(X[:12], np.zeros(12)), (X[12:], np.zeros(8))]), 20, "fit: train (store)", True))
+    out, err = capsys.readouterr()
+    assert out == "" and len(rows) == 2
+    for shown in ("export onnx: 100%", "ridge: choose alpha: 100%", "ridge: solve: 100%", "fit: train (store): 100%"):
+        assert shown in err
+    clf.progress = False
+    clf.fit(X, np.arange(20) % 2)
+    assert capsys.readouterr() == ("", "")
