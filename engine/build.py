@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.artifacts import ArtifactError, file_entry, library_versions, read_manifest, write_manifest
+from engine.export import EXPORT_BATCH
 from engine.timing import Timings
 from kernels.io import sha256_json
 
@@ -120,6 +121,7 @@ def resolve_recipe(cfg: BuildConfig) -> Recipe:
         preprocess = dataclasses.replace(preprocess, resize=cfg.resize)
     pool = cfg.pool
     shape = backbones.cut_map_shape(cfg.model, cut.name, size)  # a map < 1x1 fails here, with the smallest size
+    backbones.check_memory(cfg.model, cut.name, size, EXPORT_BATCH)  # before the build folder is made
     if pool != "none":
         pool = backbones.default_pool(shape) if pool is None else pool
         backbones.check_pool(pool, cfg.model, cut.name, shape, size)

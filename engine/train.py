@@ -60,6 +60,7 @@ def fit(cfg: FitConfig) -> tuple[TransferClassifier, dict]:
     from kernels.encode import parse_encoder
 
     t0 = time.perf_counter()
+    _check_numbers(cfg)
     encoder = parse_encoder(cfg.encode or DEFAULT_ENCODE)
     store = None
     if cfg.features:
@@ -106,6 +107,21 @@ def fit(cfg: FitConfig) -> tuple[TransferClassifier, dict]:
         save_model(cfg.out, clf, src.build_info, src.build_root, split)
         summary["model"] = cfg.out
     return clf, summary
+
+
+def _check_numbers(cfg: FitConfig) -> None:
+    """The CLI's ranges (engine/cli/args.py), for API users: refused before any image is read."""
+    from engine.checks import MAX_SEED, check_fraction, check_int, check_optional_int
+
+    if cfg.projection != "none":
+        check_int("n_components", cfg.n_components, 1)
+    check_int("folds", cfg.folds, 2)
+    check_int("seed", cfg.seed, 0, MAX_SEED)
+    check_int("batch_size", cfg.batch_size, 1)
+    check_optional_int("workers", cfg.workers, 0)
+    check_optional_int("threads", cfg.threads, 1)
+    check_fraction("test_fraction", cfg.test_fraction)
+    check_fraction("validation_fraction", cfg.validation_fraction)
 
 
 def recipe(build_info: dict | None, clf: TransferClassifier, cfg: FitConfig) -> dict:

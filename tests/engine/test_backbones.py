@@ -145,6 +145,16 @@ def test_an_input_too_large_for_memory_is_refused_before_any_allocation(monkeypa
         build_cut("resnet18", None, "random", input_size=100000)
 
 
+def test_make_build_refuses_a_too_large_input_before_making_the_folder(tmp_path, monkeypatch):
+    from engine.backbones import sizes
+    from engine.build import BuildConfig, make_build
+
+    monkeypatch.setattr(sizes, "_machine_memory", lambda: 8 << 30)
+    with pytest.raises(MemoryError, match=r"--input-size 100000: resnet18 .* pass a smaller --input-size"):
+        make_build(BuildConfig(model="resnet18", weights="random", input_size=100000, out=str(tmp_path / "b")))
+    assert not (tmp_path / "b").exists()
+
+
 @pytest.mark.parametrize("content, kind", [
     (b"hello, not weights\n", "a text file"),  # torch.load says only "101"
     (bytes(range(7, 256)) * 20, "binary data that is neither zip nor pickle"),  # torch: "re-run with weights_only=False"

@@ -47,6 +47,21 @@ def test_build_config_checks_the_same_numbers(tmp_path, field, value, message):
     assert not (tmp_path / "b").exists()  # refused before anything was written
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("seed", -1, "seed: expected an integer in 0..4294967295, got -1"),
+    ("workers", -1, "workers: expected an integer >= 0, got -1"),
+    ("threads", -1, "threads: expected an integer >= 1, got -1"),
+    ("folds", 1, "folds: expected an integer >= 2, got 1"),
+    ("test_fraction", 1.0, r"test_fraction: expected a number in \[0, 1\), got 1.0"),
+])
+def test_fit_config_checks_the_same_numbers(field, value, message):
+    from engine.checks import NumberError
+    from engine.train import FitConfig, fit
+
+    with pytest.raises(NumberError, match=message):
+        fit(FitConfig(build="no-such-build", **{field: value}))  # refused before the build is opened
+
+
 def test_ridge_memory_is_refused_before_any_row_is_projected(monkeypatch):
     """k = 40,000 components: ten 12.8 GB k x k float64 matrices (5 fold Grams, their total, the
     solve's four) cannot fit in 8 GiB; the refusal comes before the projection matrix is drawn."""
