@@ -49,8 +49,8 @@ def check_fraction(name: str, value) -> None:
 
 
 def file_kind(path) -> str:
-    """What `path` looks like, for an error message: "a directory", "a zip archive", "a damaged zip archive", "a pickle",
-    "a text file", "an empty file" or "binary data that is neither zip nor pickle"."""
+    """What `path` looks like, for an error message: "a directory", "a zip archive", "a damaged zip
+    archive", "a pickle", "a text file", "an empty file" or "binary data that is neither zip nor pickle"."""
     p = Path(path)
     if p.is_dir():
         return "a directory"

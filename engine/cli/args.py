@@ -48,14 +48,16 @@ def build_args(p: argparse.ArgumentParser, runs_builds: bool = False) -> None:
     g.add_argument("--cut", default=None, help="cut name (see `otl cuts MODEL`); default: the model's default cut")
     g.add_argument("--weights", default="imagenet", help="imagenet (default) | random | PATH to a state_dict")
     g.add_argument("--precision", default="fp32", help=f"{' | '.join(PRECISIONS)} (default fp32)")
-    g.add_argument("--input-size", type=integer(MIN_INPUT_SIZE), default=None, help="square input size (default: the weights' crop size)")
+    g.add_argument("--input-size", type=integer(MIN_INPUT_SIZE), default=None,
+        help="square input size (default: the weights' crop size)")
     g.add_argument("--pool", default=None, help=f"pooling at the cut, inside the build's graph: {POOL_HELP}; default "
                                                  f"{DEFAULT_POOL} (avg on maps smaller than 2x2; the reference: none)")
     g.add_argument("--resize", default="crop", choices=("crop", "squash"),
                    help="crop: shorter side + center crop (torchvision's weights transforms); "
                         "squash: the whole image resized to a square (the reference's); default crop")
     g.add_argument("--force", action="store_true", help="rebuild even when the manifest key is unchanged (default off)")
-    g.add_argument("--calibration-images", type=integer(1), default=512, help="int8: images used for calibration (default 512)")
+    g.add_argument("--calibration-images", type=integer(1), default=512,
+        help="int8: images used for calibration (default 512)")
     g.add_argument("--calibration-method", default="entropy", help="int8: entropy (default) | max | percentile")
     g.add_argument("--keep-fp32", type=integer(0), default=3,
                    help="int8: leave the first N quantizable activations in fp32, the most sensitive layers "
@@ -77,7 +79,8 @@ def runner_args(p: argparse.ArgumentParser, backend: bool = False) -> None:
 
         g.add_argument("--backend", default="auto", help=f"{' | '.join(BACKENDS)} "
                                                          "(default auto: the backend the build was made for)")
-    g.add_argument("--threads", type=integer(1), default=None, help="intra-op threads of the runner (default: all cores)")
+    g.add_argument("--threads", type=integer(1), default=None,
+        help="intra-op threads of the runner (default: all cores)")
 
 
 def build_folder_arg(p: argparse.ArgumentParser, help: str) -> None:
@@ -93,16 +96,20 @@ def data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--validation-fraction", type=fraction, default=0.0,
                    help="validation fraction carved from train when DIR has no validation/ folder (default 0: none; "
                         "fit --select holdout without validation data carves 0.1)")
-    g.add_argument("--strict", action="store_true", help="fail on unreadable images instead of skipping them (default off: skip, with a warning)")
+    g.add_argument("--strict", action="store_true",
+        help="fail on unreadable images instead of skipping them (default off: skip, with a warning)")
     g.add_argument("--batch-size", type=integer(1), default=32, help="images per batch (default 32)")
-    g.add_argument("--workers", type=integer(0), default=None, help="image decoding workers (default: min(4, cores); 0: in this process)")
+    g.add_argument("--workers", type=integer(0), default=None,
+        help="image decoding workers (default: min(4, cores); 0: in this process)")
 
 
 def output_args(p: argparse.ArgumentParser, seed: bool = True) -> None:
     if seed:
-        p.add_argument("--seed", type=integer(0, MAX_SEED), default=0, help="seed for random weights, splits and projections (default 0)")
+        p.add_argument("--seed", type=integer(0, MAX_SEED), default=0,
+            help="seed for random weights, splits and projections (default 0)")
     p.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout (default off)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or warnings, except skipped images (default off)")
+    p.add_argument("--quiet", action="store_true",
+        help="no progress bars or warnings, except skipped images (default off)")
 
 
 def progress(a: argparse.Namespace) -> bool | None:

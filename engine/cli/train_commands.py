@@ -10,7 +10,8 @@ def add_fit(sub) -> None:
     f = sub.add_parser("fit", help="train a classifier without backprop (one streaming pass)")
     build_folder_arg(f, "build folder (`otl engines --out`) that featurizes the images (default: none; "
                         "give --build or --features)")
-    f.add_argument("--features", default=None, help="a feature store (`otl featurize --out`) instead of a build (default: none)")
+    f.add_argument("--features", default=None,
+        help="a feature store (`otl featurize --out`) instead of a build (default: none)")
     data_args(f)
     runner_args(f)
     output_args(f)

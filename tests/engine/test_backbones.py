@@ -157,7 +157,8 @@ def test_make_build_refuses_a_too_large_input_before_making_the_folder(tmp_path,
 
 @pytest.mark.parametrize("content, kind", [
     (b"hello, not weights\n", "a text file"),  # torch.load says only "101"
-    (bytes(range(7, 256)) * 20, "binary data that is neither zip nor pickle"),  # torch: "re-run with weights_only=False"
+    # torch said "re-run with weights_only=False" for this one
+    (bytes(range(7, 256)) * 20, "binary data that is neither zip nor pickle"),
     (None, "a zip archive holding Python objects besides tensors, e.g. a whole pickled model"),
 ])
 def test_a_weights_file_that_is_not_a_state_dict_says_what_it_is(tmp_path, content, kind):

@@ -12,7 +12,8 @@ from engine import cli
 @pytest.mark.parametrize("argv, message", [
     (["engines", "--input-size", "0"], "argument --input-size: expected an integer >= 32, got 0"),
     (["engines", "--input-size", "-5"], "argument --input-size: expected an integer >= 32, got -5"),
-    (["engines", "--model", "densenet121", "--input-size", "7"], "argument --input-size: expected an integer >= 32, got 7"),
+    (["engines", "--model", "densenet121", "--input-size", "7"],
+     "argument --input-size: expected an integer >= 32, got 7"),
     (["cuts", "densenet121", "--input-size", "7"], "argument --input-size: expected an integer >= 32, got 7"),
     (["engines", "--seed", "-1"], "argument --seed: expected an integer in 0..4294967295, got -1"),
     (["evaluate", "--model", "m", "--seed", "-1"], "argument --seed: expected an integer in 0..4294967295, got -1"),
