@@ -43,6 +43,17 @@ def _available_ram() -> int | None:
     return int(psutil.virtual_memory().available)
 
 
+def _largest_k(trainer, avail: int) -> int:
+    """The largest k whose ridge estimate fits in `avail` bytes (the estimate grows with k)."""
+    from kernels.ridge import ridge_memory_bytes
+
+    lo, hi = 1, 1 << 24
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if ridge_memory_bytes(mid, trainer.nc, trainer.n_grams) <= avail else (lo, mid - 1)
+    return lo
+
+
 class RidgeTrainer:
     def __init__(self, clf, has_validation: bool):
         from kernels.selection import FoldedNormalEquations, SelectionError
@@ -77,7 +88,7 @@ class RidgeTrainer:
             raise MemoryError(f"ridge on k = {k} {'optical components' if sim else 'features'} needs about "
                               f"{need / 2**30:.1f} GiB ({self.n_grams} k x k float64 statistics, the Cholesky "
                               f"factor and the solve), more than the {avail / 2**30:.1f} GiB free; "
-                              + ("use fewer --n-components" if sim else
+                              + (f"use fewer --n-components (at most about {_largest_k(self, avail):,} here)" if sim else
                                  "pool the cut (--pool) or project (--projection sim --n-components K)"))
 
     # -- streaming --
