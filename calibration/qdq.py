@@ -82,7 +82,8 @@ def _qparams(encoding: str, amax: float, nonneg: bool):
 
 def quantize_model(onnx_model: onnx.ModelProto, act_amax: dict[str, float],
                    encoding: str = "tensorrt", nonneg: dict[str, bool] | None = None,
-                   channel_mean: dict | None = None, bias_correction: bool = True) -> onnx.ModelProto:
+                   channel_mean: dict | None = None, bias_correction: bool = True,
+                   log_missing: bool = True) -> onnx.ModelProto:
     """A copy of onnx_model with Q/DQ inserted (see the module docstring).
 
     act_amax: ONNX tensor name -> amax (>= 0; scale = amax/127 or amax/255).
@@ -91,7 +92,8 @@ def quantize_model(onnx_model: onnx.ModelProto, act_amax: dict[str, float],
     of each Conv/Gemm whose weights are quantized absorbs the mean error of its int8 weights
     (calibration.bias). Measured on MobileNetV2 (ImageNet weights, real photos): int8 weights
     alone moved the features by 17 % (relative L2) without it and 5.8 % with it.
-    Weighted nodes whose input has no amax stay in fp32 (logged).
+    Weighted nodes whose input has no amax stay in fp32 (logged unless log_missing is False: a build
+    quantizes many trial models while refining, and says it once, in write_qdq_models).
     """
     check_encoding(encoding)
     if encoding == "onnxruntime":
@@ -106,7 +108,7 @@ def quantize_model(onnx_model: onnx.ModelProto, act_amax: dict[str, float],
     tensors = activation_tensors(model, encoding)
     wanted = [t for t in tensors if t in act_amax]
     missing = [t for t in tensors if t not in act_amax]
-    if missing:
+    if missing and log_missing:
         log.warning("%d tensors have no amax and stay fp32: %s", len(missing), missing[:5])
     amax, neg = shared_amax(model, act_amax, nonneg or {}, wanted)
     edits = _Edits()
@@ -239,9 +241,14 @@ def write_qdq_models(onnx_model, result, out_dir, trt_version: int | None = None
         onnx_model = onnx.load(str(onnx_model))
     out_dir = Path(out_dir)
     paths: dict[str, Path] = {}
+    missing: list[str] = []
     for enc in ENCODINGS:
-        q = quantize_model(onnx_model, result.amax, enc, result.nonneg, result.channel_mean, bias_correction)
+        q = quantize_model(onnx_model, result.amax, enc, result.nonneg, result.channel_mean, bias_correction,
+                           log_missing=False)
+        missing += [t for t in activation_tensors(onnx_model, enc) if t not in result.amax and t not in missing]
         paths[enc] = atomic_write_bytes(out_dir / f"model.int8-{enc}.onnx", q.SerializeToString())
+    if missing:  # once per build, not once per encoding or refinement trial
+        log.warning("%d tensors have no amax and stay fp32: %s", len(missing), missing[:5])
     trt_tensors = [t for t in activation_tensors(onnx_model, "tensorrt") if t in result.amax]
     amax, _ = shared_amax(onnx_model, result.amax, result.nonneg, trt_tensors)
     paths["trt_cache"] = write_trt_cache(out_dir / "calibration.trtcache",

@@ -113,7 +113,8 @@ def refine_amax(fp32_model, result, images: np.ndarray, threads: int | None = No
     amax = dict(result.amax)
 
     def err(trial):
-        q = quantize_model(fp32_model, trial, "onnxruntime", result.nonneg, result.channel_mean, bias_correction)
+        q = quantize_model(fp32_model, trial, "onnxruntime", result.nonneg, result.channel_mean, bias_correction,
+                           log_missing=False)  # said once, when the build writes its models
         return ev.error(q)
 
     best = before = err(amax)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.artifacts import ArtifactError, file_entry, library_versions, read_manifest, write_manifest
+from engine.export import EXPORT_BATCH
 from engine.timing import Timings
 from kernels.io import sha256_json
 
@@ -46,6 +47,7 @@ class BuildConfig:
     threads: int | None = None
     force: bool = False
     verbose: bool = False
+    progress: bool | None = False  # bars on stderr (None: when it is a terminal; the CLI: unless --quiet)
     max_batch: int = 256  # the TensorRT profile's largest batch
 
 
@@ -67,6 +69,7 @@ def check_config(cfg: BuildConfig) -> None:
     from engine.data import RESIZE_MODES
 
     model_info(cfg.model)
+    _check_numbers(cfg)
     if cfg.pool is not None:
         pool_grid(cfg.pool)
     if cfg.resize not in RESIZE_MODES:
@@ -79,6 +82,17 @@ def check_config(cfg: BuildConfig) -> None:
     if not buildable(cfg.backend):
         raise BuildError(f"the {cfg.backend} backend is the reference and needs no build; "
                          "build for onnxruntime or tensorrt")
+
+
+def _check_numbers(cfg: BuildConfig) -> None:
+    """The CLI's ranges (engine/cli/args.py), for API users: refused before anything is built."""
+    from engine.checks import MAX_SEED, MIN_INPUT_SIZE, check_int, check_optional_int
+
+    check_optional_int("input_size", cfg.input_size, MIN_INPUT_SIZE)
+    check_int("seed", cfg.seed, 0, MAX_SEED)
+    check_optional_int("threads", cfg.threads, 1)
+    check_int("batch_size", cfg.batch_size, 1)
+    check_int("max_batch", cfg.max_batch, cfg.batch_size)
 
 
 def default_out(cfg: BuildConfig, cut_name: str, pool: str) -> Path:
@@ -106,8 +120,9 @@ def resolve_recipe(cfg: BuildConfig) -> Recipe:
     if cfg.resize != "crop":
         preprocess = dataclasses.replace(preprocess, resize=cfg.resize)
     pool = cfg.pool
+    shape = backbones.cut_map_shape(cfg.model, cut.name, size)  # a map < 1x1 fails here, with the smallest size
+    backbones.check_memory(cfg.model, cut.name, size, EXPORT_BATCH)  # before the build folder is made
     if pool != "none":
-        shape = backbones.cut_map_shape(cfg.model, cut.name, size)
         pool = backbones.default_pool(shape) if pool is None else pool
         backbones.check_pool(pool, cfg.model, cut.name, shape, size)
     out = Path(cfg.out) if cfg.out else default_out(cfg, cut.name, pool)
@@ -189,7 +204,8 @@ def _export(cfg: BuildConfig, r: Recipe, calib, t: Timings) -> tuple[object, dic
         module, _ = backbones.build_cut(cfg.model, r.cut, cfg.weights, cfg.seed, pool=r.pool, input_size=r.input_size)
     files: dict[str, Path] = {}
     with t("export_onnx"):
-        files["onnx_fp32"] = export_onnx(module, r.out / "model.fp32.onnx", r.input_size, verbose=cfg.verbose)
+        files["onnx_fp32"] = export_onnx(module, r.out / "model.fp32.onnx", r.input_size, verbose=cfg.verbose,
+                                         progress=cfg.progress)
     extra: dict = {}
     if cfg.precision == "fp16":
         with t("convert_fp16"):

@@ -19,21 +19,28 @@ OPSET = 18
 INPUT_NAME = "images"
 OUTPUT_NAME = "features"
 MAX_BATCH = 4096
+EXPORT_BATCH = 2  # the traced example's batch (engine/backbones/sizes.py checks its memory first)
 
 
-def export_onnx(module, path: str | os.PathLike, input_size: int = 224, verbose: bool = False) -> Path:
+def export_onnx(module, path: str | os.PathLike, input_size: int = 224, verbose: bool = False,
+                progress: bool | None = False) -> Path:
     """Export `module` (N, 3, S, S) float32 -> (N, F) float32 to `path`, atomically.
 
     The batch axis is dynamic (1..MAX_BATCH). External data is inlined: models here are < 2 GB.
+    progress: a bar on stderr through the steps (tracing a DenseNet takes tens of seconds on a
+    laptop; kernels/progress.py says when it is drawn).
     """
     import onnx
     import torch
 
+    from kernels.progress import progress_bar
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    x = torch.zeros(2, 3, input_size, input_size)
+    x = torch.zeros(EXPORT_BATCH, 3, input_size, input_size)
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export.") as tmp:
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export.") as tmp, \
+            progress_bar(progress, total=2, desc="export onnx", unit="step") as bar:
         raw = Path(tmp) / "model.onnx"
         sink = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
         with sink, torch.no_grad():
@@ -41,9 +48,11 @@ def export_onnx(module, path: str | os.PathLike, input_size: int = 224, verbose:
                 module.eval(), (x,), str(raw), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                 opset_version=OPSET, dynamo=True, dynamic_shapes=({0: batch},), external_data=False,
             )
+        bar.update(1)
         model = onnx.load(str(raw), load_external_data=True)
         onnx.checker.check_model(model)
         save_onnx(model, path)
+        bar.update(1)
     return path
 
 

@@ -107,9 +107,15 @@ def save_npz(path, meta: dict, arrays: dict) -> Path:
 
 def load_npz(path) -> tuple[dict, dict]:
     """(meta, arrays) of an otl .npz; raises ModelFileError for a missing, corrupt or foreign file."""
+    from engine.checks import file_kind
+
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ModelFileError(f"model file {path} does not exist; train one with `otl fit --out {path}`")
+    kind = file_kind(path)
+    if not kind.endswith("zip archive"):  # an .npz is a zip: say what came instead of numpy's allow_pickle advice
+        raise ModelFileError(f"model file {path} is {kind}, not an otl model (.npz); pass the file "
+                             "`otl fit --out MODEL.npz` wrote")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}

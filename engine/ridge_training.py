@@ -10,6 +10,7 @@ in O(k²) memory whatever n is. Per-fold statistics only where K-fold may run.
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import numpy as np
@@ -34,6 +35,25 @@ def raw_budget(max_bytes: int) -> int:
     return int(min(max_bytes, free // 4))
 
 
+def _available_ram() -> int | None:
+    try:
+        import psutil
+    except ImportError:
+        return None
+    return int(psutil.virtual_memory().available)
+
+
+def _largest_k(trainer, avail: int) -> int:
+    """The largest k whose ridge estimate fits in `avail` bytes (the estimate grows with k)."""
+    from kernels.ridge import ridge_memory_bytes
+
+    lo, hi = 1, 1 << 24
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if ridge_memory_bytes(mid, trainer.nc, trainer.n_grams) <= avail else (lo, mid - 1)
+    return lo
+
+
 class RidgeTrainer:
     def __init__(self, clf, has_validation: bool):
         from kernels.selection import FoldedNormalEquations, SelectionError
@@ -52,12 +72,31 @@ class RidgeTrainer:
                                            dual_only=self.holdout)
         self.labels, self.val_rows, self.val_labels = [], [], []
         self.val_ne = self.spectral = None
+        self.n_grams = folds + 1 + (2 if has_validation else 0)  # per fold, total; validation's, the merge
+        if clf.projection != "none":  # k is known before any row: refuse before any work
+            self.check_memory(int(clf.n_components))
         self._models = {}  # alpha -> (W, b, solver) solved on train while selecting by holdout
+
+    def check_memory(self, k: int) -> None:
+        """MemoryError, with the estimate, when the k x k statistics and solves of a fit on k features
+        do not fit in the free memory (the projection matrix, once drawn, is already not free)."""
+        from kernels.ridge import ridge_memory_bytes
+
+        need, avail = ridge_memory_bytes(k, self.nc, self.n_grams), _available_ram()
+        if avail is not None and need > avail:
+            sim = self.clf.projection != "none"
+            raise MemoryError(f"ridge on k = {k} {'optical components' if sim else 'features'} needs about "
+                              f"{need / 2**30:.1f} GiB ({self.n_grams} k x k float64 statistics, the Cholesky "
+                              f"factor and the solve), more than the {avail / 2**30:.1f} GiB free; "
+                              + (f"use fewer --n-components (at most about {_largest_k(self, avail):,} here)" if sim else
+                                 "pool the cut (--pool) or project (--projection sim --n-components K)"))
 
     # -- streaming --
     def add(self, Y, y):
         from kernels.ridge import one_vs_all_targets
 
+        if not self.labels:  # again with k known, now that the projection matrix holds its memory
+            self.check_memory(int(Y.shape[1]))
         self.train.update(Y, one_vs_all_targets(y, self.nc))
         self.labels.append(y)
 
@@ -81,11 +120,25 @@ class RidgeTrainer:
     # -- selection --
     def select(self):
         """The Selection (kernels/selection.py), or None when the grid has a single alpha."""
+        if self.grid is not None and len(self.grid) == 1:
+            return None
+        with self._bar("ridge: choose alpha"):
+            return self._select()
+
+    @contextlib.contextmanager
+    def _bar(self, desc: str):
+        """A one-step bar on stderr around a solve that can take minutes at large k (the classifier's
+        `progress`, set by engine/train.py from --quiet; None: when stderr is a terminal)."""
+        from kernels.progress import progress_bar
+
+        with progress_bar(getattr(self.clf, "progress", None), total=1, desc=desc, unit="step") as bar:
+            yield
+            bar.update(1)
+
+    def _select(self):
         from kernels import selection as S
 
         clf, grid = self.clf, self.grid
-        if grid is not None and len(grid) == 1:
-            return None
         method = S.resolve_method(clf.select, self.n_validation > 0, self.train.rows is not None)
         widen = grid is None
         if grid is None:
@@ -153,6 +206,10 @@ class RidgeTrainer:
     # -- the final model --
     def final_solve(self, alpha: float):
         """(W, intercept, solver) at alpha on every training row (and validation's, when refit)."""
+        with self._bar("ridge: solve"):
+            return self._final_solve(alpha)
+
+    def _final_solve(self, alpha: float):
         from kernels.ridge import NormalEquations
 
         clf = self.clf
@@ -167,3 +224,4 @@ class RidgeTrainer:
         path = ne.solve_path([alpha], fit_intercept=clf.fit_intercept, solver="cholesky")
         W, b = path[0]
         return W, b, path.solver
+

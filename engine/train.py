@@ -60,6 +60,7 @@ def fit(cfg: FitConfig) -> tuple[TransferClassifier, dict]:
     from kernels.encode import parse_encoder
 
     t0 = time.perf_counter()
+    _check_numbers(cfg)
     encoder = parse_encoder(cfg.encode or DEFAULT_ENCODE)
     store = None
     if cfg.features:
@@ -71,6 +72,7 @@ def fit(cfg: FitConfig) -> tuple[TransferClassifier, dict]:
     clf = TransferClassifier(cfg.n_components, encoder, cfg.alphas, cfg.projection, cfg.seed,
                              cfg.fit_intercept, matrix_dtype=cfg.matrix_dtype, camera_bits=cfg.camera_bits,
                              select=cfg.select, folds=cfg.folds, refit_validation=cfg.refit_validation)
+    clf.progress = cfg.progress  # the ridge solve's bars (engine/ridge_training.py)
     t = clf.timings_
     if cfg.features:
         src = _StoreSource(cfg, t, encoder, store)
@@ -105,6 +107,21 @@ def fit(cfg: FitConfig) -> tuple[TransferClassifier, dict]:
         save_model(cfg.out, clf, src.build_info, src.build_root, split)
         summary["model"] = cfg.out
     return clf, summary
+
+
+def _check_numbers(cfg: FitConfig) -> None:
+    """The CLI's ranges (engine/cli/args.py), for API users: refused before any image is read."""
+    from engine.checks import MAX_SEED, check_fraction, check_int, check_optional_int
+
+    if cfg.projection != "none":
+        check_int("n_components", cfg.n_components, 1)
+    check_int("folds", cfg.folds, 2)
+    check_int("seed", cfg.seed, 0, MAX_SEED)
+    check_int("batch_size", cfg.batch_size, 1)
+    check_optional_int("workers", cfg.workers, 0)
+    check_optional_int("threads", cfg.threads, 1)
+    check_fraction("test_fraction", cfg.test_fraction)
+    check_fraction("validation_fraction", cfg.validation_fraction)
 
 
 def recipe(build_info: dict | None, clf: TransferClassifier, cfg: FitConfig) -> dict:
@@ -195,7 +212,8 @@ class _StoreSource:
 
     def batches(self, split):
         # reading the store stands in for featurization; the classifier encodes float rows
-        return timed_items(self.store.iter_batches(split, 1024), self.t, "featurize")
+        return timed_items(_counted(self.store.iter_batches(split, 1024), self.store.rows(split),
+                                    f"fit: {split} (store)", self.cfg.progress), self.t, "featurize")
 
     def validation(self):
         return self.batches("validation") if self.has("validation") else None
@@ -203,3 +221,12 @@ class _StoreSource:
     def skipped_images(self) -> dict | None:
         """What featurizing the store dropped, as its manifest recorded it (None: not recorded)."""
         return self.store.manifest.get("skipped_images")
+
+def _counted(batches, rows: int, desc: str, progress: bool | None):
+    """(X, y) batches, counted in rows on a bar on stderr: reading a large store takes minutes."""
+    from kernels.progress import progress_bar
+
+    with progress_bar(progress, total=rows, desc=desc, unit="row") as bar:
+        for X, y in batches:
+            bar.update(len(y))
+            yield X, y

@@ -41,6 +41,14 @@ def one_vs_all_targets(labels, n_classes: int):
     return T
 
 
+def ridge_memory_bytes(k: int, n_targets: int, n_grams: int) -> int:
+    """Peak bytes of a ridge fit on k features: `n_grams` float64 (k+1) x (k+1) statistics (one per
+    fold, their total, validation's), plus what a solve adds: the centered Gram, the regularized
+    copy, its Cholesky factor and the eigh fallback's vectors (four more), and the k x t blocks."""
+    square = 8 * (k + 1) ** 2
+    return square * (n_grams + 4) + 8 * (k + 1) * n_targets * (n_grams + 4)
+
+
 @dataclass
 class RidgePath:
     """Solutions for a grid: coefs (a, k, t) float64, intercepts (a, t) float64."""

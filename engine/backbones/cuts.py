@@ -164,9 +164,12 @@ def _cut_shapes(ext, family: str, input_size: int) -> dict[str, tuple]:
 def list_cuts(model: str, input_size: int = 224, pool: str | None = "none") -> list[dict]:
     """Every valid cut of `model` with its output shape (C, H, W) and feature count after `pool`
     (None: the default pooling of each cut; count None where the map is too small), in order."""
+    from engine.backbones.sizes import cut_map_shape
+
     info = model_info(model)
     if pool is not None:
         pool_grid(pool)  # a bad spec fails here, not as a column of None
+    cut_map_shape(model, "features", input_size)  # the last stage has the smallest map: < 1x1 fails here
     ext = feature_extractor(build_torchvision(model, None), info.family).eval()
     shapes = _cut_shapes(ext, info.family, input_size)
     rows = []
@@ -197,21 +200,6 @@ def resolve(model: str, cut: str | None) -> Cut:
     return resolve_cut(info.default_cut if cut is None else cut, ext, info.family, model)
 
 
-def cut_map_shape(model: str, cut: str | None, input_size: int = 224) -> tuple:
-    """(C, H, W) of the cut's output, computed on the meta device (no weights, no compute)."""
-    import torch
-    import torchvision
-
-    info = model_info(model)
-    with torch.device("meta"):
-        net = getattr(torchvision.models, model)(weights=None)
-        ext = feature_extractor(net, info.family)
-        resolved = resolve_cut(info.default_cut if cut is None else cut, ext, info.family, model)
-        with torch.no_grad():
-            out = apply_cut(ext, resolved).eval()(torch.zeros(1, 3, input_size, input_size))
-    return tuple(int(d) for d in out.shape[1:])
-
-
 def build_cut(model: str, cut: str | None, weights: str, seed: int = 0, pool: str = "none",
               input_size: int = 224):
     """(cut module [+ pooling] + Flatten, resolved Cut). The module is what gets exported, so the
@@ -219,10 +207,15 @@ def build_cut(model: str, cut: str | None, weights: str, seed: int = 0, pool: st
     import torch
 
     info = model_info(model)
-    resolved = resolve(model, cut)  # fail on a bad cut before loading any weights
+    resolved = resolve(model, cut)  # fail on a bad cut, a too small or too large input before loading any weights
+    from engine.backbones.sizes import check_memory, cut_map_shape
+    from engine.export import EXPORT_BATCH
+
+    shape = cut_map_shape(model, resolved.name, input_size)
+    check_memory(model, resolved.name, input_size, EXPORT_BATCH)
     grid = pool_grid(pool)
     if grid:
-        check_pool(pool, model, resolved.name, cut_map_shape(model, resolved.name, input_size), input_size)
+        check_pool(pool, model, resolved.name, shape, input_size)
     check_weights_spec(weights)
     ext = feature_extractor(build_torchvision(model, weights, seed), info.family)
     layers = [apply_cut(ext, resolved)]

@@ -33,10 +33,9 @@ def torch_home_checkpoints() -> Path:
 def check_weights_spec(weights: str) -> None:
     """'imagenet', 'random' or an existing file; anything else raises BackboneError."""
     if weights not in ("imagenet", "random") and not Path(weights).is_file():
-        raise BackboneError(
-            f"weights {weights!r} is neither 'imagenet', 'random' nor an existing file; "
-            "pass a state_dict saved with torch.save(model.state_dict(), PATH)."
-        )
+        what = "a directory" if Path(weights).is_dir() else "neither 'imagenet', 'random' nor an existing file"
+        raise BackboneError(f"weights {weights!r} is {what}; pass imagenet, random or a .pth state dict saved "
+                            "with torch.save(model.state_dict(), PATH).")
 
 
 def build_torchvision(model: str, weights: str | None, seed: int = 0):
@@ -90,12 +89,26 @@ def _file_state_dict(path: str):
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise BackboneError(f"weights file {p} could not be read as a torch state_dict: {e}") from e
+        raise BackboneError(f"{p} is not a torch checkpoint ({_why_unloadable(p, e)}); pass a .pth state dict "
+                            "saved by torch.save(model.state_dict(), PATH)") from e
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise BackboneError(f"weights file {p} holds a {type(state).__name__}, expected a state_dict (dict of tensors)")
     return state
+
+
+def _why_unloadable(p: Path, e: Exception) -> str:
+    """torch.load's failure in words: what the file is instead, not torch's "101" or its advice to
+    load with weights_only=False (which would run the file's code)."""
+    from engine.checks import file_kind
+
+    kind = file_kind(p)
+    if kind in ("a zip archive", "a damaged zip archive", "a pickle"):
+        if "weights_only" in str(e) or "Weights only" in str(e):
+            return f"{kind} holding Python objects besides tensors, e.g. a whole pickled model"
+        return f"{kind} torch cannot read: {' '.join(str(e).split())[:120]}"
+    return kind
 
 
 def _load(net, state: dict, model: str, source: str) -> None:

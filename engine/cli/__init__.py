@@ -9,13 +9,12 @@ stdout (progress and warnings go to stderr). Errors exit with status 2 and one l
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
 import warnings
-
-from engine.cli import build_commands, report_command, train_commands
 
 __all__ = ["build_parser", "main"]
 
@@ -25,8 +24,26 @@ __all__ = ["build_parser", "main"]
 EXPECTED_ERRORS = (ValueError, RuntimeError, OSError, ImportError, MemoryError, ArithmeticError, LookupError)
 
 
+class UsageError(ValueError):
+    """A command line argparse refuses (unknown option, a number out of range): `prog: error: ...`."""
+
+    def __init__(self, prog: str, message: str):
+        super().__init__(message)
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is raised instead of printed and exited on, so that main() can
+    honour the error contract (one line on stderr, one JSON object with --json, status 2)."""
+
+    def error(self, message: str):
+        raise UsageError(self.prog, message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="otl", description="Optical transfer learning: builds, features, "
+    from engine.cli import build_commands, report_command, train_commands  # here: Ctrl-C while importing is main's
+
+    p = _Parser(prog="otl", description="Optical transfer learning: builds, features, "
                                                         "gradient-free training.")
     sub = p.add_subparsers(dest="command", required=True)
     for add in (build_commands.add_cuts, build_commands.add_engines, build_commands.add_featurize,
@@ -37,12 +54,38 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    """Exit status: 0, 2 for an anticipated error (one line), 130 when interrupted (Ctrl-C, also
+    while importing or parsing: one line "interrupted"), 141 when the reader of stdout went away
+    (`otl cuts resnet18 | head`: quietly, like a process killed by SIGPIPE)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        code = _run(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's last flush
+        return code
+    except BrokenPipeError:
+        # Python's advice (signal docs, "Note on SIGPIPE"): point stdout at devnull so that the
+        # flush at exit does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    except KeyboardInterrupt:  # before the command ran (importing, parsing); _run handles it after
+        print("otl: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(argv: list) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as e:
+        return _usage_fail(e, argv)
     if getattr(args, "quiet", False):
-        warnings.simplefilter("ignore")
+        _quiet()
     t0 = time.perf_counter()
     try:
-        res = args.func(args)
+        with _stdout_to_stderr(args.json):
+            res = args.func(args)
+    except BrokenPipeError:
+        raise
     except EXPECTED_ERRORS as e:
         if os.environ.get("OTL_DEBUG"):  # the traceback, for a bug report
             raise
@@ -57,9 +100,51 @@ def main(argv=None) -> int:
     return 0
 
 
+def _quiet() -> None:
+    """--quiet: no warnings, except skipped images (DataWarning): silently training on fewer images
+    than the folder holds would be a wrong result, not noise."""
+    from engine.data.errors import DataWarning
+
+    warnings.simplefilter("ignore")
+    warnings.filterwarnings("default", category=DataWarning)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr(enabled: bool):
+    """With --json, stdout holds exactly one JSON object: while the command runs, whatever writes to
+    stdout (print, torch.hub's "Downloading: ...", C libraries, tqdm) goes to stderr, at the file
+    descriptor level; the real stdout comes back for the JSON object."""
+    if not enabled:
+        yield
+        return
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no fd 1 (a closed stdout): Python-level redirection only
+        saved = None
+    if saved is not None:
+        os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stderr.flush()
+        if saved is not None:
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
 def _one_line(e: BaseException) -> str:
     text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
     return " ".join(text.split()) or repr(e)
+
+
+def _usage_fail(e: UsageError, argv: list) -> int:
+    command = e.prog.removeprefix("otl").strip() or None
+    if "--json" in argv:
+        print(json.dumps({"error": str(e), "command": command}))
+    print(f"{e.prog}: error: {e} (see `{e.prog} --help`)", file=sys.stderr)
+    return 2
 
 
 def _fail(args, msg: str) -> int:

@@ -3,17 +3,18 @@ from __future__ import annotations
 
 import argparse
 
-from engine.cli.args import (EMULATION_NOTE, build_args, build_config, build_folder_arg, data_args, output_args,
-                             progress, runner_args)
+from engine.checks import MIN_INPUT_SIZE
+from engine.cli.args import (EMULATION_NOTE, build_args, build_config, build_folder_arg, data_args, integer,
+                             output_args, progress, runner_args)
 
 
 def add_cuts(sub) -> None:
     c = sub.add_parser("cuts", help="list the valid cuts of a model with output shapes")
-    c.add_argument("model")
-    c.add_argument("--input-size", type=int, default=None, help="square input size (default 224)")
+    c.add_argument("model", help="backbone (see `otl engines --help` for the list)")
+    c.add_argument("--input-size", type=integer(MIN_INPUT_SIZE), default=None, help="square input size (default 224)")
     c.add_argument("--pool", default=None, help="feature counts after this pooling: none | avg | avgN "
                                                 "(default: what `otl engines` uses, avg2 or avg on small maps)")
-    c.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    c.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout (default off)")
     c.set_defaults(func=run_cuts)
 
 
@@ -80,7 +81,7 @@ def add_featurize(sub) -> None:
 
     f = sub.add_parser("featurize", help="featurize a dataset into a feature store")
     build_folder_arg(f, "a build folder (`otl engines --out`); default: built (or reused) from the build arguments")
-    build_args(f)
+    build_args(f, runs_builds=True)
     runner_args(f)
     data_args(f)
     output_args(f)
@@ -112,8 +113,8 @@ def run_featurize(a) -> dict:
 
 def add_cache(sub) -> None:
     k = sub.add_parser("cache", help="the on-disk cache of OPU random matrices: size, location, --clear")
-    k.add_argument("--clear", action="store_true", help="remove every cached matrix")
-    k.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+    k.add_argument("--clear", action="store_true", help="remove every cached matrix (default off)")
+    k.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout (default off)")
     k.set_defaults(func=run_cache)
 
 

@@ -5,7 +5,8 @@ import argparse
 import shlex
 import sys
 
-from engine.cli.args import EMULATION_NOTE, progress
+from engine.checks import MAX_SEED, MIN_INPUT_SIZE
+from engine.cli.args import EMULATION_NOTE, fraction, integer, progress
 
 
 def _list(text: str, cast=str) -> tuple:
@@ -41,40 +42,49 @@ def add_report(sub) -> None:
                                                       "torch; a backend that cannot run is reported as failed")
     r.add_argument("--n-components", default=",".join(map(str, d.n_components)),
                    help="K sweep, comma-separated (default 1000,2000,4000); the rows use the largest")
-    r.add_argument("--row-components", type=int, default=None, help="K of the per-variant accuracy "
+    r.add_argument("--row-components", type=integer(1), default=None, help="K of the per-variant accuracy "
                                                                     "(default: the largest of --n-components)")
-    r.add_argument("--seeds", type=int, default=d.seeds, help=f"projection seeds per accuracy (default {d.seeds})")
+    r.add_argument("--seeds", type=integer(1), default=d.seeds,
+        help=f"projection seeds per accuracy (default {d.seeds})")
     r.add_argument("--encode", default=None, help="the rows' encoder (default threshold:median)")
     r.add_argument("--pool", default=None, help="the rows' pooling at the cut (default: avg2, avg on maps < 2x2)")
     r.add_argument("--sweep-encoders", default=",".join(DEFAULT_ENCODERS), help="default " + ",".join(DEFAULT_ENCODERS))
     r.add_argument("--sweep-pools", default=",".join(d.sweep_pools), help="more poolings to compare (default avg; "
                                                                           "'' for none)")
-    r.add_argument("--baseline-epochs", type=int, default=d.baseline_epochs,
+    r.add_argument("--baseline-epochs", type=integer(0), default=d.baseline_epochs,
                    help=f"backprop baseline epochs (default {d.baseline_epochs}; 0: no baseline)")
     r.add_argument("--baseline-cuts", default=None, help="cuts the baseline trains at (default: every cut)")
-    r.add_argument("--baseline-lr", type=float, default=d.baseline_lr, help="Adam learning rate (default 1e-4)")
-    r.add_argument("--baseline-batch", type=int, default=d.baseline_batch, help=f"default {d.baseline_batch}")
-    r.add_argument("--no-linear-probe", action="store_true", help="leave ridge on the pooled floats out of the sweep")
+    r.add_argument("--baseline-lr", type=float, default=d.baseline_lr,
+        help=f"Adam learning rate (default {d.baseline_lr})")
+    r.add_argument("--baseline-batch", type=integer(1), default=d.baseline_batch, help=f"default {d.baseline_batch}")
+    r.add_argument("--no-linear-probe", action="store_true",
+        help="leave ridge on the pooled floats out of the sweep (default off)")
     r.add_argument("--resize", default="crop", choices=("crop", "squash"), help="default crop")
-    r.add_argument("--input-size", type=int, default=None, help="square input size (default: the weights' crop)")
-    r.add_argument("--calibration-images", type=int, default=d.calibration_images, help="int8 (default 512)")
-    r.add_argument("--sensitivity-images", type=int, default=d.sensitivity_images,
+    r.add_argument("--input-size", type=integer(MIN_INPUT_SIZE), default=None,
+        help="square input size (default: the weights' crop)")
+    r.add_argument("--calibration-images", type=integer(1), default=d.calibration_images, help="int8 (default 512)")
+    r.add_argument("--sensitivity-images", type=integer(0), default=d.sensitivity_images,
                    help=f"int8 sensitivity: test images per single-tensor run (default {d.sensitivity_images}; 0: off)")
     r.add_argument("--sensitivity-threshold", type=float, default=d.sensitivity_threshold,
                    help=f"int8: the cosine with fp32 below which a tensor is 'first below' (default {d.sensitivity_threshold})")
-    r.add_argument("--throughput-batch", type=int, default=d.throughput_batch,
+    r.add_argument("--throughput-batch", type=integer(1), default=d.throughput_batch,
                    help=f"batch of the images/s measurement and of featurization (default {d.throughput_batch})")
-    r.add_argument("--latency-runs", type=int, default=d.latency_runs, help=f"batch-1 runs timed (default {d.latency_runs})")
-    r.add_argument("--warmup-runs", type=int, default=d.warmup_runs, help=f"untimed batch-1 runs first (default {d.warmup_runs})")
-    r.add_argument("--test-fraction", type=float, default=d.test_fraction,
+    r.add_argument("--latency-runs", type=integer(1), default=d.latency_runs,
+        help=f"batch-1 runs timed (default {d.latency_runs})")
+    r.add_argument("--warmup-runs", type=integer(0), default=d.warmup_runs,
+        help=f"untimed batch-1 runs first (default {d.warmup_runs})")
+    r.add_argument("--test-fraction", type=fraction, default=d.test_fraction,
                    help="held-out fraction for DIR/<class>/* and the digits (default 0.2)")
-    r.add_argument("--seed", type=int, default=0, help="seed of random weights and of the split (default 0)")
-    r.add_argument("--threads", type=int, default=None, help="intra-op threads (default: all cores)")
-    r.add_argument("--workers", type=int, default=None, help="image decoding workers (default: min(4, cores))")
-    r.add_argument("--force", action="store_true", help="rebuild and re-featurize even when keys are unchanged")
+    r.add_argument("--seed", type=integer(0, MAX_SEED), default=0,
+        help="seed of random weights and of the split (default 0)")
+    r.add_argument("--threads", type=integer(1), default=None, help="intra-op threads (default: all cores)")
+    r.add_argument("--workers", type=integer(0), default=None, help="image decoding workers (default: min(4, cores))")
+    r.add_argument("--force", action="store_true",
+        help="rebuild and re-featurize even when keys are unchanged (default off)")
     r.add_argument("--out", default=d.out, help=f"report folder (default {d.out})")
-    r.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
-    r.add_argument("--quiet", action="store_true", help="no progress bars or warnings")
+    r.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout (default off)")
+    r.add_argument("--quiet", action="store_true",
+        help="no progress bars or warnings, except skipped images (default off)")
     r.set_defaults(func=run_report)
 
 

@@ -3,17 +3,19 @@ from __future__ import annotations
 
 import argparse
 
-from engine.cli.args import build_folder_arg, data_args, output_args, parse_alphas, progress, runner_args
+from engine.cli.args import build_folder_arg, data_args, integer, output_args, parse_alphas, progress, runner_args
 
 
 def add_fit(sub) -> None:
     f = sub.add_parser("fit", help="train a classifier without backprop (one streaming pass)")
-    build_folder_arg(f, "build folder (`otl engines --out`) that featurizes the images")
-    f.add_argument("--features", default=None, help="a feature store (`otl featurize --out`) instead of a build")
+    build_folder_arg(f, "build folder (`otl engines --out`) that featurizes the images (default: none; "
+                        "give --build or --features)")
+    f.add_argument("--features", default=None,
+        help="a feature store (`otl featurize --out`) instead of a build (default: none)")
     data_args(f)
     runner_args(f)
     output_args(f)
-    f.add_argument("--n-components", type=int, default=4000, help="optical random features (default 4000)")
+    f.add_argument("--n-components", type=integer(1), default=4000, help="optical random features (default 4000)")
     f.add_argument("--encode", default=None,
                    help="sign | threshold:T | threshold:median | thresholds:Q | none (with --projection none); "
                         "default: threshold:median, or a bit store's own encoder (the reference: sign)")
@@ -24,7 +26,7 @@ def add_fit(sub) -> None:
                    help="how alpha is chosen: auto (default: holdout on validation data when there is some, else "
                         "exact leave-one-out while the rows fit in memory, else K-fold) | loo | kfold | holdout "
                         "(validation/, or --validation-fraction of train, 0.1 if not given)")
-    f.add_argument("--folds", type=int, default=5, help="K for --select kfold (default 5)")
+    f.add_argument("--folds", type=integer(2), default=5, help="K for --select kfold (default 5)")
     f.add_argument("--no-refit-validation", action="store_true",
                    help="fit the final model on train only (default: train + validation rows)")
     f.add_argument("--projection", default="sim",
@@ -32,9 +34,9 @@ def add_fit(sub) -> None:
     f.add_argument("--matrix-dtype", default="int8",
                    help="sim: storage of R: int8 (default: a Gaussian on a sigma/16 grid, exact int32 GEMM on "
                         "0/1 inputs) | bfloat16 | float16 | float32")
-    f.add_argument("--camera-bits", type=int, default=None,
+    f.add_argument("--camera-bits", type=int, choices=(8,), default=None,
                    help="sim: quantize outputs like an 8-bit camera (default: off)")
-    f.add_argument("--no-intercept", action="store_true", help="fit without an intercept")
+    f.add_argument("--no-intercept", action="store_true", help="fit without an intercept (default off: with one)")
     f.add_argument("--out", default=None, help="model file to write (.npz; default: not saved)")
     f.set_defaults(func=run_fit)
 
@@ -86,7 +88,7 @@ def add_evaluate(sub) -> None:
     data_args(e)
     runner_args(e)
     e.add_argument("--no-split-check", action="store_true",
-                   help="score other data than the fit's held-out split (a new test set)")
+                   help="score other data than the fit's held-out split (a new test set; default off)")
     output_args(e)
     # The fit's recorded data folder, seed and test fraction unless given.
     e.set_defaults(seed=None, test_fraction=None, func=run_evaluate)

@@ -71,7 +71,8 @@ def test_unknown_cut_lists_valid_ones():
 
 
 def test_weights_file_missing(tmp_path):
-    with pytest.raises(BackboneError, match=r"neither 'imagenet', 'random' nor an existing file"):
+    with pytest.raises(BackboneError, match=r"neither 'imagenet', 'random' nor an existing file; pass imagenet, "
+                                            r"random or a .pth state dict"):
         build_cut("densenet121", "transition1", str(tmp_path / "nope.pth"))
 
 
@@ -120,3 +121,54 @@ def test_imagenet_weights_from_torch_home(with_torch_home):
     torch.testing.assert_close(module[0][0][0].weight, state["features.0.0.weight"])
     pre = backbones.preprocess_for("mobilenet_v2", "imagenet")
     assert (pre.resize_size, pre.crop_size) == (256, 224)
+
+
+def test_a_map_below_1x1_names_the_smallest_valid_size():
+    from engine.backbones import cut_map_shape, list_cuts, smallest_input_size
+
+    assert smallest_input_size("vgg16", None) == 32  # five 2x2 max-pools: 31 -> 0x0
+    assert cut_map_shape("vgg16", None, 32)[1:] == (1, 1)
+    for call in (lambda: cut_map_shape("vgg16", None, 20), lambda: list_cuts("vgg16", 20)):
+        with pytest.raises(BackboneError, match=r"--input-size 20: vgg16 maps it to less than 1x1 by cut "
+                                                r"features; the smallest valid size there is 32"):
+            call()
+
+
+def test_an_input_too_large_for_memory_is_refused_before_any_allocation(monkeypatch):
+    from engine.backbones import activation_bytes, build_cut, sizes
+
+    # The input alone: 3 x S x S float32 per image, plus every layer's output.
+    assert activation_bytes("resnet18", "conv1", 100, batch=2) == 2 * 4 * (3 * 100 * 100 + 64 * 50 * 50)
+    monkeypatch.setattr(sizes, "_machine_memory", lambda: 8 << 30)
+    with pytest.raises(MemoryError, match=r"--input-size 100000: resnet18 cut features needs about [\d.]+ GiB of "
+                                          r"activations for 2 images, more than this machine's 8.0 GiB"):
+        build_cut("resnet18", None, "random", input_size=100000)
+
+
+def test_make_build_refuses_a_too_large_input_before_making_the_folder(tmp_path, monkeypatch):
+    from engine.backbones import sizes
+    from engine.build import BuildConfig, make_build
+
+    monkeypatch.setattr(sizes, "_machine_memory", lambda: 8 << 30)
+    with pytest.raises(MemoryError, match=r"--input-size 100000: resnet18 .* pass a smaller --input-size"):
+        make_build(BuildConfig(model="resnet18", weights="random", input_size=100000, out=str(tmp_path / "b")))
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("content, kind", [
+    (b"hello, not weights\n", "a text file"),  # torch.load says only "101"
+    # torch said "re-run with weights_only=False" for this one
+    (bytes(range(7, 256)) * 20, "binary data that is neither zip nor pickle"),
+    (None, "a zip archive holding Python objects besides tensors, e.g. a whole pickled model"),
+])
+def test_a_weights_file_that_is_not_a_state_dict_says_what_it_is(tmp_path, content, kind):
+    p = tmp_path / "w.pth"
+    if content is None:
+        torch.save(torch.nn.Linear(2, 2), p)  # the whole module, not its state_dict
+    else:
+        p.write_bytes(content)
+    with pytest.raises(BackboneError, match=rf"^{p} is not a torch checkpoint \({kind}\); pass a .pth state dict "
+                                            r"saved by torch.save\(model.state_dict\(\), PATH\)$"):
+        build_cut("resnet18", None, str(p))
+    with pytest.raises(BackboneError, match=r"weights '.*' is a directory; pass imagenet, random or a .pth"):
+        build_cut("resnet18", None, str(tmp_path))

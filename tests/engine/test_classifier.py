@@ -195,4 +195,4 @@ def test_cli_fit_json(tiny_engine, tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["n_components"] == 300 and out["alpha"] in (1e3, 1e4) and out["timings"]["total"] > 0
     rc = main(["fit", "--engine", res["build_dir"], "--n-components", "-3", "--json"])
-    assert rc == 2 and "n_components must be a positive integer" in capsys.readouterr().out
+    assert rc == 2 and "--n-components: expected an integer >= 1, got -3" in capsys.readouterr().out

@@ -41,11 +41,19 @@ def _help(command: str) -> dict:
     return {a.dest: a for a in sub.choices[command]._actions}
 
 
-@pytest.mark.parametrize("command", ["engines", "featurize", "fit", "evaluate", "predict"])
+@pytest.mark.parametrize("command", ["cuts", "engines", "featurize", "cache", "fit", "evaluate", "predict", "report"])
 def test_help_states_the_real_defaults(command):
+    """Every option of every command has a help text that states its default: the value itself when
+    there is one, in words ("default: the model's default cut", "default off") otherwise."""
     actions = _help(command)
     for dest, a in actions.items():
-        if a.help in (None, "==SUPPRESS==") or a.default in (None, False) or a.nargs == 0:
+        if dest == "help" or a.help == "==SUPPRESS==":
+            continue
+        assert a.help, f"{command} {dest}: no help text"
+        if not a.option_strings or a.required:  # positionals and required options have no default
+            continue
+        assert "default" in a.help, f"{command} --{dest}: help {a.help!r} does not state the default"
+        if a.default in (None, False) or a.nargs == 0:
             continue
         shown = {0.0: "0", 0.2: "0.2"}.get(a.default, str(a.default))
         assert f"default {shown}" in a.help or f"default: {shown}" in a.help or f"{shown} (default" in a.help \
