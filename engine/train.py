@@ -222,6 +222,7 @@ class _StoreSource:
         """What featurizing the store dropped, as its manifest recorded it (None: not recorded)."""
         return self.store.manifest.get("skipped_images")
 
+
 def _counted(batches, rows: int, desc: str, progress: bool | None):
     """(X, y) batches, counted in rows on a bar on stderr: reading a large store takes minutes."""
     from kernels.progress import progress_bar
