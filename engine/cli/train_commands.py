@@ -135,12 +135,12 @@ def add_predict(sub) -> None:
     p.add_argument("images", nargs="+",
                    help="image files and folders (a folder: its images, recursively; links followed only inside it)")
     p.add_argument("--strict", action="store_true",
-                   help="fail on a missing or unreadable image instead of reporting it as an error row")
-    p.add_argument("--batch-size", type=int, default=32, help="images per batch, which bounds memory (default 32)")
-    p.add_argument("--workers", type=int, default=None,
+                   help="fail on a missing or unreadable image instead of reporting it as an error row (default off)")
+    p.add_argument("--batch-size", type=integer(1), default=32, help="images per batch, which bounds memory (default 32)")
+    p.add_argument("--workers", type=integer(0), default=None,
                    help="image decoding workers (default: min(4, cores); 0: in this process)")
     output_args(p, seed=False)
-    p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)  # accepted for compatibility; unused
+    p.add_argument("--seed", type=integer(0), default=0, help=argparse.SUPPRESS)  # accepted for compatibility; unused
     p.epilog = ("Each row: image, class, score (the ridge score of the class) and margin (that score minus the "
                 "runner-up's; near 0 the model hesitates); or image and error.")
     p.set_defaults(func=run_predict)
