@@ -5,18 +5,16 @@ A folder with, per split, `<split>.features.bin` (raw rows; training reads them 
 key), the format and the encoder.
 Formats: `bits` (binarized and bit-packed, k/8 bytes a row: what training consumes), `float16`
 and `float32` (raw features, for other encoders or inspection). The folder is written under a
-temporary name and renamed when complete: a half-written store is never read.
+temporary name beside it, under a lock on the target, and swapped in when complete: a half-written
+store is never read, and a failed or killed run leaves the previous store as it was.
 """
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from engine.artifacts import ArtifactError, file_entry, read_manifest, write_manifest
+from engine.artifacts import ArtifactError, file_entry, read_manifest, staged_folder, target_lock, write_manifest
 from kernels.xp import to_host
 
 FORMATS = ("bits", "float16", "float32")
@@ -51,9 +49,7 @@ def write_store(path, featurizer, splits: dict, fmt: str = "bits", encoder=None,
     if fit_encoder and splits.get("train") is None:
         raise ValueError(f"encoder {enc.spec} learns its thresholds on the train split, and there is none")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with target_lock(path, "otl featurize is writing"), staged_folder(path, "otl-feature-store") as tmp:
         split_info, n_features = {}, None
         for name, ds in splits.items():
             if ds is not None:
@@ -73,10 +69,6 @@ def write_store(path, featurizer, splits: dict, fmt: str = "bits", encoder=None,
             "source": source, "files": files,
         }
         write_manifest(tmp, manifest)
-        _swap_in(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 
@@ -101,18 +93,6 @@ def _write_split(tmp: Path, name: str, ds, featurizer, enc, fmt: str, fit_encode
             rows += len(y)
     np.save(tmp / f"{name}.labels.npy", np.concatenate(labels) if labels else np.zeros(0, np.int64))
     return {"rows": rows}, n_features
-
-
-def _swap_in(tmp: Path, path: Path) -> None:
-    """Rename the complete store `tmp` to `path`, replacing a previous store only now."""
-    if path.exists():
-        old = path.with_name(f".{path.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
 
 
 def _row_bytes(fmt: str, k: int | None) -> int | None:

@@ -80,29 +80,60 @@ def test_changed_request_rebuilds(tmp_path):
     assert res["rebuilt"] and read_manifest(out)["key"] != k1
 
 
-def test_interrupted_build_is_never_picked_up(tmp_path, monkeypatch):
-    out = tmp_path / "b"
-    cfg = BuildConfig(model="densenet121", cut="pool0", weights="random", input_size=32, out=str(out),
-                       backend="onnxruntime")
-    make_build(cfg)
-    # A second build dies after the export: the old manifest is gone, so the folder is "being built".
+def _small(out, **kw) -> BuildConfig:
+    return BuildConfig(model="densenet121", cut="pool0", weights="random", input_size=32, out=str(out),
+                       backend="onnxruntime", **kw)
+
+
+def _features(out) -> np.ndarray:
+    x = np.random.default_rng(0).standard_normal((3, 3, 32, 32), dtype=np.float32)
+    with Build(out).runner() as r:
+        return r.infer(x)
+
+
+def _boom(*a, **k):
+    raise KeyboardInterrupt  # what SIGINT raises: not an Exception, so nothing may swallow it
+
+
+@pytest.mark.parametrize("where", ["_build_artifact", "write_manifest"])
+def test_failed_rebuild_leaves_the_previous_build_whole(tmp_path, monkeypatch, where):
     import engine.build as b
 
-    def boom(*a, **k):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(b, "write_manifest", boom)
-    cfg.force = True
+    out = tmp_path / "b"
+    make_build(_small(out))
+    before, manifest = _features(out), (out / "manifest.json").read_text()
+    monkeypatch.setattr(b, where, _boom)
     with pytest.raises(KeyboardInterrupt):
-        make_build(cfg)
-    with pytest.raises(ArtifactError, match=r"no manifest.json.*interrupted"):
-        Build(out)
-    assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
+        make_build(_small(out, seed=1, force=True))  # another build, failing late
+    assert (out / "manifest.json").read_text() == manifest
+    Build(out, verify=True)
+    np.testing.assert_array_equal(_features(out), before)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no staged folder, no lock file left
     monkeypatch.undo()
     monkeypatch.setenv("OTL_OFFLINE", "1")
-    cfg.force = False
-    assert make_build(cfg)["rebuilt"]  # rebuilt, not reused
-    Build(out)
+    assert make_build(_small(out))["rebuilt"] is False  # the previous build is still the current one
+
+
+def test_rebuild_replaces_the_folder_and_records_no_staging_path(tmp_path):
+    out = tmp_path / "b"
+    make_build(_small(out))
+    (out / "stray.txt").write_text("left by an earlier version")
+    res = make_build(_small(out, seed=1))
+    assert res["rebuilt"] and res["build_dir"] == str(out) and Path(res["artifact"]).parent == out
+    assert not (out / "stray.txt").exists()  # the whole folder is the new build
+    text = (out / "manifest.json").read_text()
+    assert ".build-" not in text and str(tmp_path) not in text  # paths relative to the folder
+    Build(out, verify=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+def test_refuses_to_replace_a_folder_that_is_not_a_build(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(ArtifactError, match=r"mine exists and is not an otl artifact.*choose another --out"):
+        make_build(_small(out))
+    assert (out / "notes.txt").read_text() == "keep me"
 
 
 def test_truncated_engine_file_is_refused(tmp_path):
