@@ -136,6 +136,22 @@ def test_refuses_to_replace_a_folder_that_is_not_a_build(tmp_path):
     assert (out / "notes.txt").read_text() == "keep me"
 
 
+def test_a_second_build_into_a_locked_folder_exits_2(tmp_path, capsys):
+    import os
+
+    from engine import cli
+    from engine.artifacts import target_lock
+
+    out = tmp_path / "b"
+    with target_lock(out, "otl engines is building"):  # as a running build holds it
+        code = cli.main(["engines", "--model", "densenet121", "--cut", "pool0", "--weights", "random",
+                         "--input-size", "32", "--backend", "onnxruntime", "--out", str(out), "--json"])
+    assert code == 2
+    err = json.loads(capsys.readouterr().out)["error"]
+    assert f"another otl engines is building {out} (pid {os.getpid()}); wait for it or use another --out" in err
+    assert not out.exists() and not list(tmp_path.iterdir())  # refused before anything was written
+
+
 def test_truncated_engine_file_is_refused(tmp_path):
     out = tmp_path / "b"
     res = make_build(BuildConfig(model="densenet121", cut="pool0", weights="random", input_size=32,

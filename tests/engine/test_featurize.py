@@ -70,6 +70,25 @@ def test_interrupted_store_leaves_previous_intact(tiny_engine, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["s"]  # no temporary folder left behind
 
 
+def test_featurize_into_a_locked_store_exits_2(tiny_engine, tmp_path, capsys):
+    import json
+    import os
+
+    from engine import cli
+    from engine.artifacts import target_lock
+
+    eng, _ = _eight_row_store(tiny_engine, tmp_path / "s")
+    before = (tmp_path / "s" / "manifest.json").read_text()
+    with target_lock(tmp_path / "s", "otl featurize is writing"):
+        code = cli.main(["featurize", "--build", str(eng.root), "--out", str(tmp_path / "s"), "--workers", "0",
+                         "--json", "--quiet"])
+    assert code == 2
+    err = json.loads(capsys.readouterr().out)["error"]
+    assert f"another otl featurize is writing {tmp_path / 's'} (pid {os.getpid()}); wait for it" in err
+    assert (tmp_path / "s" / "manifest.json").read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["s"]
+
+
 def test_preprocessing_mismatch_is_refused(tiny_engine):
     from engine.data import IMAGENET_DEFAULT
 
