@@ -125,6 +125,17 @@ def _acquire(lock: Path, path: Path, doing: str) -> int:
         os.close(fd)
 
 
+def tidy(path: Path, doing: str) -> None:
+    """remove_stale_staging(path) when no other run holds `path` locked (before a run decides to
+    reuse an artifact: it also cleans up after killed runs); else leave it to that run. A folder it may not
+    write to (a shared, read-only build) is left as it is."""
+    try:
+        with target_lock(path, doing):
+            remove_stale_staging(Path(path))
+    except (TargetBusyError, PermissionError):
+        pass
+
+
 @contextlib.contextmanager
 def staged_folder(path: Path, kind: str) -> Iterator[Path]:
     """A new empty folder beside `path` (same file system: the rename is atomic) to write the next

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.artifacts import (ArtifactError, file_entry, library_versions, read_manifest, staged_folder, target_lock,
-                              write_manifest)
+                              tidy, write_manifest)
 from engine.timing import Timings
 from kernels.io import sha256_json
 
@@ -148,6 +148,7 @@ def make_build(cfg: BuildConfig) -> dict:
         calib = calibration_plan(cfg, r.preprocess, r.cut, r.weights_id)
     parts = key_parts(cfg, r, backend, calib)
     key = sha256_json(parts)
+    tidy(r.out, "otl engines is building")
     old = _reusable(cfg, r.out, key)
     if old is not None:
         return _summary(r.out, old, rebuilt=False, timings=t)

@@ -85,6 +85,21 @@ def _small(out, **kw) -> BuildConfig:
                        backend="onnxruntime", **kw)
 
 
+@pytest.fixture(scope="module")
+def _small_built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("small") / "b"
+    make_build(_small(out))
+    return out
+
+
+@pytest.fixture
+def small_build(_small_built, tmp_path) -> Path:
+    """tmp_path / "b": a copy of a small build made once (copying takes milliseconds, building seconds)."""
+    import shutil
+
+    return Path(shutil.copytree(_small_built, tmp_path / "b"))
+
+
 def _features(out) -> np.ndarray:
     x = np.random.default_rng(0).standard_normal((3, 3, 32, 32), dtype=np.float32)
     with Build(out).runner() as r:
@@ -96,11 +111,10 @@ def _boom(*a, **k):
 
 
 @pytest.mark.parametrize("where", ["_build_artifact", "write_manifest"])
-def test_failed_rebuild_leaves_the_previous_build_whole(tmp_path, monkeypatch, where):
+def test_failed_rebuild_leaves_the_previous_build_whole(tmp_path, small_build, monkeypatch, where):
     import engine.build as b
 
-    out = tmp_path / "b"
-    make_build(_small(out))
+    out = small_build
     before, manifest = _features(out), (out / "manifest.json").read_text()
     monkeypatch.setattr(b, where, _boom)
     with pytest.raises(KeyboardInterrupt):
@@ -114,9 +128,8 @@ def test_failed_rebuild_leaves_the_previous_build_whole(tmp_path, monkeypatch, w
     assert make_build(_small(out))["rebuilt"] is False  # the previous build is still the current one
 
 
-def test_rebuild_replaces_the_folder_and_records_no_staging_path(tmp_path):
-    out = tmp_path / "b"
-    make_build(_small(out))
+def test_rebuild_replaces_the_folder_and_records_no_staging_path(tmp_path, small_build):
+    out = small_build
     (out / "stray.txt").write_text("left by an earlier version")
     res = make_build(_small(out, seed=1))
     assert res["rebuilt"] and res["build_dir"] == str(out) and Path(res["artifact"]).parent == out
@@ -134,6 +147,26 @@ def test_refuses_to_replace_a_folder_that_is_not_a_build(tmp_path):
     with pytest.raises(ArtifactError, match=r"mine exists and is not an otl artifact.*choose another --out"):
         make_build(_small(out))
     assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_the_next_run_removes_what_killed_runs_left(tmp_path, small_build):
+    out = small_build
+    for name in (".b.build-k1ll3d_0", ".b.zz9_abcd", ".b.v2.build-k1ll3d_0", ".c.build-k1ll3d_0"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.fp32.onnx").write_bytes(b"partial")
+    (tmp_path / ".b.lock").write_text("4242\n")  # a killed build's lock file: no longer locked
+    assert make_build(_small(out))["rebuilt"] is False  # a run that reuses the build cleans up too
+    # ours (staged builds, and stores' staging folders of earlier versions) went; other targets' stay
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".b.v2.build-k1ll3d_0", ".c.build-k1ll3d_0", "b"]
+
+
+def test_a_build_killed_between_the_swaps_renames_is_restored(tmp_path, small_build):
+    out = small_build
+    before = _features(out)
+    out.rename(tmp_path / ".b.old")  # swap_in's first rename done, the second not
+    assert make_build(_small(out))["rebuilt"] is False
+    np.testing.assert_array_equal(_features(out), before)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
 
 
 def test_a_second_build_into_a_locked_folder_exits_2(tmp_path, capsys):

@@ -70,6 +70,18 @@ def test_interrupted_store_leaves_previous_intact(tiny_engine, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["s"]  # no temporary folder left behind
 
 
+def test_a_store_replaces_killed_runs_leftovers_and_has_ordinary_permissions(tiny_engine, tmp_path):
+    import stat
+
+    for name in (".s.k1ll3d_0", ".s.build-k1ll3d_0"):  # killed featurize runs (earlier and this version)
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "train.features.bin").write_bytes(b"partial")
+    _eight_row_store(tiny_engine, tmp_path / "s")
+    assert [p.name for p in tmp_path.iterdir()] == ["s"]
+    (tmp_path / "plain").mkdir()
+    assert stat.S_IMODE((tmp_path / "s").stat().st_mode) == stat.S_IMODE((tmp_path / "plain").stat().st_mode)
+
+
 def test_featurize_into_a_locked_store_exits_2(tiny_engine, tmp_path, capsys):
     import json
     import os
