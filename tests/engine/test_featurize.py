@@ -101,6 +101,21 @@ def test_featurize_into_a_locked_store_exits_2(tiny_engine, tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir()] == ["s"]
 
 
+def test_a_same_size_corrupt_store_is_refused_before_fitting(tiny_engine, tmp_path, capsys):
+    import json
+
+    from engine import cli
+
+    _eight_row_store(tiny_engine, tmp_path / "s")
+    bin_ = tmp_path / "s" / "train.features.bin"
+    bin_.write_bytes(bytes(255 - b for b in bin_.read_bytes()))  # same size, other bits
+    with pytest.raises(ArtifactError, match=r"train.features.bin \(train.features.bin\) does not match the sha256"):
+        FeatureStore(tmp_path / "s")
+    assert cli.main(["fit", "--features", str(tmp_path / "s"), "--n-components", "64", "--json", "--quiet"]) == 2
+    assert "does not match the sha256" in json.loads(capsys.readouterr().out)["error"]
+    assert FeatureStore(tmp_path / "s", verify=False).rows("train") == 8  # sizes alone cannot tell
+
+
 def test_preprocessing_mismatch_is_refused(tiny_engine):
     from engine.data import IMAGENET_DEFAULT
 
