@@ -70,6 +70,7 @@ def read_manifest(root: Path, what: str = "build", verify_files: bool = True) ->
         manifest = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ArtifactError(f"{path} is not a readable manifest ({e}); delete the folder and rebuild it") from e
+    _check_paths(path.parent, manifest, what)
     if verify_files:
         for name, entry in manifest.get("files", {}).items():
             f = path.parent / entry["path"]
@@ -79,6 +80,29 @@ def read_manifest(root: Path, what: str = "build", verify_files: bool = True) ->
                     "the folder was modified or half-copied: rebuild it"
                 )
     return manifest
+
+
+def _check_paths(root: Path, manifest: dict, what: str) -> None:
+    """Every path the manifest names (its files; a build's artifact) must stay inside `root`."""
+    named = {name: entry.get("path") if isinstance(entry, dict) else entry
+             for name, entry in manifest.get("files", {}).items()}
+    named.update({k: manifest[k] for k in ("artifact", "engine") if k in manifest})
+    for name, rel in named.items():
+        inside(root, rel, f"{what} manifest {root / MANIFEST} ({name})")
+
+
+def inside(root: Path, rel, what: str) -> Path:
+    """root / rel, refused (ArtifactError) unless it is a relative path that stays inside `root`,
+    symbolic links followed: a crafted or edited manifest must not make a reader open or hash
+    files elsewhere. `what` names who gave the path in the error."""
+    if not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
+        raise ArtifactError(f"{what} names the path {rel!r}; expected a path relative to the folder, inside it. "
+                            "The manifest was edited or crafted: rebuild the folder, and do not trust its files")
+    full = Path(root) / rel
+    if not full.resolve().is_relative_to(Path(root).resolve()):
+        raise ArtifactError(f"{what} names {rel!r}, which leads outside the folder (to {full.resolve()}) through a "
+                            "symbolic link; artifact files must lie inside their folder: rebuild it")
+    return full
 
 
 def verify_hashes(root: Path, manifest: dict) -> None:

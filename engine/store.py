@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.artifacts import (ArtifactError, file_entry, read_manifest, staged_folder, target_lock, verify_hashes,
-                             write_manifest)
+from engine.artifacts import (ArtifactError, file_entry, inside, read_manifest, staged_folder, target_lock,
+                             verify_hashes, write_manifest)
 from kernels.xp import to_host
 
 FORMATS = ("bits", "float16", "float32")
@@ -115,6 +115,8 @@ class FeatureStore:
         self.manifest = read_manifest(self.root, "feature store")
         if self.manifest.get("kind") != "otl-feature-store":
             raise ArtifactError(f"{self.root} is not a feature store (manifest kind {self.manifest.get('kind')!r})")
+        for split in self.manifest.get("splits", {}):  # its file names are made from the split's name
+            inside(self.root, f"{split}.features.bin", f"feature store {self.root} (split {split!r})")
         if verify:
             verify_hashes(self.root, self.manifest)
         made_by = self.build_info

@@ -169,6 +169,38 @@ def test_a_build_killed_between_the_swaps_renames_is_restored(tmp_path, small_bu
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
 
 
+def _edit_manifest(folder: Path, edit) -> None:
+    m = json.loads((folder / "manifest.json").read_text())
+    edit(m)
+    (folder / "manifest.json").write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize("path", ["../outside.onnx", "/etc/hostname", "sub/../../outside.onnx"])
+def test_a_manifest_naming_a_path_outside_its_build_is_refused(tmp_path, small_build, capsys, path):
+    from engine import cli
+
+    (tmp_path / "outside.onnx").write_bytes((small_build / "model.fp32.onnx").read_bytes())
+    _edit_manifest(small_build, lambda m: m["files"]["onnx_fp32"].update(path=path))
+    with pytest.raises(ArtifactError, match=r"build manifest .*\(onnx_fp32\) names the path .*expected a path "
+                                            r"relative to the folder, inside it"):
+        Build(small_build)
+    assert cli.main(["featurize", "--build", str(small_build), "--out", str(tmp_path / "s"), "--json"]) == 2
+    assert "expected a path relative to the folder" in json.loads(capsys.readouterr().out)["error"]
+
+
+def test_a_symlink_leading_out_of_the_build_is_refused(tmp_path, small_build):
+    outside = tmp_path / "outside.onnx"
+    (small_build / "model.fp32.onnx").rename(outside)
+    (small_build / "model.fp32.onnx").symlink_to(outside)
+    with pytest.raises(ArtifactError, match=r"leads outside the folder .* through a symbolic link"):
+        Build(small_build)
+    (small_build / "model.fp32.onnx").unlink()
+    outside.rename(small_build / "model.fp32.onnx")
+    _edit_manifest(small_build, lambda m: m.update(artifact="../outside.onnx"))
+    with pytest.raises(ArtifactError, match=r"\(artifact\) names the path '../outside.onnx'"):
+        read_manifest(small_build, verify_files=False)
+
+
 def test_a_second_build_into_a_locked_folder_exits_2(tmp_path, capsys):
     import os
 

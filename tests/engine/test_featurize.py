@@ -116,6 +116,27 @@ def test_a_same_size_corrupt_store_is_refused_before_fitting(tiny_engine, tmp_pa
     assert FeatureStore(tmp_path / "s", verify=False).rows("train") == 8  # sizes alone cannot tell
 
 
+@pytest.mark.parametrize("edit", ["split", "file"])
+def test_a_store_manifest_naming_a_path_outside_its_folder_is_refused(tiny_engine, tmp_path, capsys, edit):
+    import json
+    import shutil
+
+    from engine import cli
+
+    _eight_row_store(tiny_engine, tmp_path / "s")
+    shutil.copytree(tmp_path / "s", tmp_path / "t")
+    m = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    if edit == "split":  # the reader makes "<split>.features.bin" from the split's name
+        m["splits"] = {"../t/train": m["splits"]["train"]}
+    else:
+        m["files"]["train.labels.npy"]["path"] = "../t/train.labels.npy"
+    (tmp_path / "s" / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match=r"names the path '\.\./t/train.*expected a path relative to the folder"):
+        FeatureStore(tmp_path / "s")
+    assert cli.main(["fit", "--features", str(tmp_path / "s"), "--n-components", "64", "--json", "--quiet"]) == 2
+    assert "expected a path relative to the folder" in json.loads(capsys.readouterr().out)["error"]
+
+
 def test_preprocessing_mismatch_is_refused(tiny_engine):
     from engine.data import IMAGENET_DEFAULT
 
