@@ -86,7 +86,8 @@ def _check_paths(root: Path, manifest: dict, what: str) -> None:
     """Every path the manifest names (its files; a build's artifact) must stay inside `root`."""
     named = {name: entry.get("path") if isinstance(entry, dict) else entry
              for name, entry in manifest.get("files", {}).items()}
-    named.update({k: manifest[k] for k in ("artifact", "engine") if k in manifest})
+    if manifest.get("kind") == "otl-engine":  # (a store's "engine" is the build that made it)
+        named.update({k: manifest[k] for k in ("artifact", "engine") if k in manifest})
     for name, rel in named.items():
         inside(root, rel, f"{what} manifest {root / MANIFEST} ({name})")
 
