@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.build import BuildConfig, make_build
+from engine.build import BuildConfig
 from engine.build_folder import Build
 from engine.model_file import load_npz
 from engine.store import FeatureStore
@@ -28,7 +28,10 @@ from helpers import REPO
 
 BUILD_ARGS = ["--model", "densenet121", "--cut", "pool0", "--weights", "random", "--input-size", "32",
               "--backend", "onnxruntime", "--threads", "1"]
-DELAYS = (0.0, 0.4, 1.0)  # seconds after the run started writing (its staged folder appeared)
+# When to kill, as fractions of the time the same command took whole (measured by the fixture): a
+# run spends about its first half starting up and resolving, the rest writing. With the fresh
+# build's kill that makes three points in a build; two each keep the module near 90 s on 2 cores.
+FRACTIONS = (0.65, 0.85)
 
 
 def _env(tmp: Path) -> dict:
@@ -48,17 +51,20 @@ def _run(tmp: Path, *args: str) -> dict:
     return json.loads(out)
 
 
-def _kill_when_writing(p: subprocess.Popen, target: Path, delay: float) -> bool:
-    """SIGKILL `p` `delay` s after a staged folder of `target` appears. False when it finished first."""
-    while p.poll() is None and not list(target.parent.glob(f".{target.name}.build-*")):
-        time.sleep(0.01)
-    time.sleep(delay)
-    if p.poll() is not None:
-        p.communicate()
-        return False
-    os.kill(p.pid, signal.SIGKILL)
+def _timed_run(tmp: Path, *args: str) -> tuple[dict, float]:
+    t0 = time.perf_counter()
+    res = _run(tmp, *args)
+    return res, time.perf_counter() - t0
+
+
+def _kill_after(p: subprocess.Popen, seconds: float) -> bool:
+    """SIGKILL `p` after `seconds`. False when it had finished by then."""
+    try:
+        p.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        os.kill(p.pid, signal.SIGKILL)
     p.communicate()
-    return True
+    return p.returncode == -signal.SIGKILL
 
 
 def _leftovers(target: Path) -> list[str]:
@@ -75,17 +81,15 @@ def _features(build: Path) -> np.ndarray:
 def good(tmp_path_factory) -> dict:
     """A complete build (seed 0) and a feature store and model file made from it, with references."""
     root = tmp_path_factory.mktemp("good")
-    build = root / "builds" / "b"
-    make_build(BuildConfig(model="densenet121", cut="pool0", weights="random", input_size=32, out=str(build),
-                           backend="onnxruntime", threads=1))
-    store = root / "stores" / "s"
-    _run(root, "featurize", "--build", str(build), "--out", str(store), "--workers", "0", "--threads", "1")
-    model = root / "models" / "m.npz"
-    t0 = time.perf_counter()
-    _run(root, "fit", "--features", str(store), "--n-components", "64", "--out", str(model))
+    build, store, model = root / "builds" / "b", root / "stores" / "s", root / "models" / "m.npz"
+    seconds = {
+        "engines": _timed_run(root, "engines", *BUILD_ARGS, "--out", str(build))[1],
+        "featurize": _timed_run(root, "featurize", "--build", str(build), "--out", str(store), "--workers", "0",
+                                "--threads", "1")[1],
+        "fit": _timed_run(root, "fit", "--features", str(store), "--n-components", "64", "--out", str(model))[1],
+    }
     return {"root": root, "build": build, "features": _features(build), "store": store,
-            "raw": np.array(FeatureStore(store).raw("train")), "model": model,
-            "fit_seconds": time.perf_counter() - t0}
+            "raw": np.array(FeatureStore(store).raw("train")), "model": model, "seconds": seconds}
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -98,23 +102,24 @@ def _copy(src: Path, dst: Path) -> Path:
 def test_killed_rebuilds_leave_the_previous_build(good, tmp_path):
     target = _copy(good["build"], tmp_path / "builds" / "b")
     args = ["engines", *BUILD_ARGS, "--seed", "1", "--out", str(target)]
-    for delay in DELAYS:  # each kill lands later in a rebuild of the same target
-        killed = _kill_when_writing(_start(tmp_path, *args), target, delay)
-        seed = Build(target, verify=True).manifest["seed"]
-        assert seed == 0 or not killed or delay > 0, "killed as it began writing, yet the new build is in"
-        if seed == 0:
-            np.testing.assert_array_equal(_features(target), good["features"])
-        else:  # the kill came after the swap (or the run ended first): the new build, whole
+    kills = []
+    for fraction in FRACTIONS:  # each kill lands later in a rebuild of the same target
+        kills.append(_kill_after(_start(tmp_path, *args), fraction * good["seconds"]["engines"]))
+        seed = Build(target, verify=True).manifest["seed"]  # loads, every file's sha256 checked
+        if seed == 1:  # the kill came after the swap, or the run ended first: the new build, whole
             break
+        np.testing.assert_array_equal(_features(target), good["features"])
+    assert any(kills), "no run was killed: the fractions no longer fall inside a build"
     res = _run(tmp_path, *args)
     assert res["rebuilt"] == (seed == 0) and Build(target, verify=True).manifest["seed"] == 1
     assert _leftovers(target) == []
 
 
-def test_killed_fresh_build_then_racing_builds_end_with_one_whole_build(tmp_path):
+def test_killed_fresh_build_then_racing_builds_end_with_one_whole_build(good, tmp_path):
     target = tmp_path / "builds" / "b"
-    if _kill_when_writing(_start(tmp_path, "engines", *BUILD_ARGS, "--out", str(target)), target, 0.0):
-        assert not target.exists(), "a build killed as it began writing left a target folder"
+    p = _start(tmp_path, "engines", *BUILD_ARGS, "--out", str(target))
+    if _kill_after(p, 0.75 * good["seconds"]["engines"]) and target.exists():
+        Build(target, verify=True)  # no build, or a whole one: never a half-written folder
     # two builds with other settings race into the folder: one wins, the other is refused (or, when
     # it starts after the winner finished, rebuilds it): never a mixture of the two
     procs = {seed: _start(tmp_path, "engines", *BUILD_ARGS, "--seed", str(seed), "--out", str(target))
@@ -141,13 +146,14 @@ def test_killed_featurize_runs_leave_the_previous_store(good, tmp_path):
     target = _copy(good["store"], tmp_path / "stores" / "s")
     args = ["featurize", "--build", str(good["build"]), "--out", str(target), "--workers", "0",
             "--threads", "1", "--format", "float16"]
-    for delay in DELAYS:
-        killed = _kill_when_writing(_start(tmp_path, *args), target, delay)
+    kills = []
+    for fraction in FRACTIONS:
+        kills.append(_kill_after(_start(tmp_path, *args), fraction * good["seconds"]["featurize"]))
         store = FeatureStore(target)  # checks every file's sha256
         if store.format == "float16":
-            assert killed is False or delay > 0
             break
         np.testing.assert_array_equal(store.raw("train"), good["raw"])
+    assert any(kills), "no run was killed: the fractions no longer fall inside a featurize run"
     _run(tmp_path, *args)
     assert FeatureStore(target).format == "float16" and _leftovers(target) == []
 
@@ -155,12 +161,8 @@ def test_killed_featurize_runs_leave_the_previous_store(good, tmp_path):
 def test_killed_fits_leave_the_previous_model_file(good, tmp_path):
     target = _copy(good["model"], tmp_path / "models" / "m.npz")
     args = ["fit", "--features", str(good["store"]), "--n-components", "64", "--seed", "1", "--out", str(target)]
-    for fraction in (0.5, 0.8, 0.95):  # of the fit's whole time, measured by the fixture
-        p = _start(tmp_path, *args)
-        time.sleep(fraction * good["fit_seconds"])
-        if p.poll() is None:
-            os.kill(p.pid, signal.SIGKILL)
-        p.communicate()
+    for fraction in FRACTIONS:
+        _kill_after(_start(tmp_path, *args), fraction * good["seconds"]["fit"])
         meta, arrays = load_npz(target)  # the previous file or the new one, never a torn one
         assert meta["format"] == "otl-model" and arrays["coef"].shape[0] == 64
     _run(tmp_path, *args)
