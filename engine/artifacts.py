@@ -27,6 +27,7 @@ from typing import Iterator
 from kernels.io import atomic_write_json, current_umask, sha256_file
 
 MANIFEST = "manifest.json"
+LOCK_GRACE_S = 0.5  # how long a run waits for a locked target before it refuses
 
 
 class ArtifactError(ValueError):
@@ -134,6 +135,7 @@ def target_lock(path: Path, doing: str) -> Iterator[None]:
 def _acquire(lock: Path, path: Path, doing: str) -> int:
     """A descriptor of `lock`, flocked. The holder removes the file before it unlocks, so a lock
     taken on a file that is no longer the one at `lock` is retried on the new file."""
+    deadline = time.monotonic() + LOCK_GRACE_S
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
         try:
@@ -141,6 +143,9 @@ def _acquire(lock: Path, path: Path, doing: str) -> int:
         except BlockingIOError:
             pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
+            if time.monotonic() < deadline:  # perhaps a run that only tidies (milliseconds)
+                time.sleep(0.05)
+                continue
             raise TargetBusyError(f"another {doing} {path} (pid {pid}); wait for it or use another --out") from None
         try:
             if os.fstat(fd).st_ino == os.stat(lock).st_ino:
@@ -152,12 +157,12 @@ def _acquire(lock: Path, path: Path, doing: str) -> int:
 
 def tidy(path: Path, doing: str) -> None:
     """remove_stale_staging(path) when no other run holds `path` locked (before a run decides to
-    reuse an artifact: it also cleans up after killed runs); else leave it to that run. A folder it may not
-    write to (a shared, read-only build) is left as it is."""
+    reuse an artifact: it also cleans up after killed runs); else leave it to that run. A folder
+    it may not write to (a shared, read-only build) is left as it is."""
     try:
         with target_lock(path, doing):
             remove_stale_staging(Path(path))
-    except (TargetBusyError, PermissionError):
+    except (TargetBusyError, OSError):
         pass
 
 
@@ -185,11 +190,11 @@ def swap_in(tmp: Path, path: Path) -> None:
     if not path.exists():
         os.replace(tmp, path)
         return
-    old = _old_name(path)
-    shutil.rmtree(old, ignore_errors=True)
+    old = _old_name(path)  # none here: remove_stale_staging ran under the same lock
     os.replace(path, old)
     os.replace(tmp, path)  # killed between the two renames: remove_stale_staging renames old back
-    shutil.rmtree(old, ignore_errors=True)
+    os.replace(old, tmp)  # removed under a staged folder's name: killed while removing, it is stale
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def remove_stale_staging(path: Path) -> list[Path]:
