@@ -5,7 +5,8 @@ artifact the backend runs (the ONNX file itself, or a TensorRT plan) and manifes
 last. The manifest's key hashes everything that changes the result, so an unchanged request reuses
 the build and a changed one rebuilds it. A rebuild is written into a staged folder beside the
 target, under a lock on the target, and swapped in when complete: until then the previous build
-stays whole and usable, and a failed or killed rebuild leaves it as it was. `Build` (engine/build_folder.py) loads one.
+stays whole and usable, and a failed or killed rebuild leaves it as it was. `Build`
+(engine/build_folder.py) loads one.
 """
 from __future__ import annotations
 
