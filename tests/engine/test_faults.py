@@ -168,3 +168,27 @@ def test_killed_fits_leave_the_previous_model_file(good, tmp_path):
         assert meta["format"] == "otl-model" and arrays["coef"].shape[0] == 64
     _run(tmp_path, *args)
     assert load_npz(target)[0]["params"]["seed"] == 1 and _leftovers(target) == []
+
+
+def test_a_swap_killed_while_removing_the_previous_folder_leaves_only_a_stale_staged_folder(tmp_path, monkeypatch):
+    from engine import artifacts
+
+    target = tmp_path / "a"
+
+    def write(version: str) -> None:
+        with artifacts.target_lock(target, "a test is writing"), artifacts.staged_folder(target, "test") as tmp:
+            (tmp / "v").write_text(version)
+            artifacts.write_manifest(tmp, {"kind": "test"})
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    write("1")
+    monkeypatch.setattr(artifacts.shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        write("2")
+    monkeypatch.undo()
+    assert (target / "v").read_text() == "2"  # swapped in before the kill
+    assert [p.name.startswith(".a.build-") for p in tmp_path.iterdir() if p != target] == [True]
+    write("3")
+    assert (target / "v").read_text() == "3" and _leftovers(target) == []
