@@ -3,16 +3,20 @@
 A build (folder) holds one backbone cut at one precision for one backend: its ONNX files, the
 artifact the backend runs (the ONNX file itself, or a TensorRT plan) and manifest.json, written
 last. The manifest's key hashes everything that changes the result, so an unchanged request reuses
-the build and a changed one rebuilds it (temporary files, then renames: an interrupted build is
-never picked up). `Build` (engine/build_folder.py) loads one.
+the build and a changed one rebuilds it. A rebuild is written into a staged folder beside the
+target, under a lock on the target, and swapped in when complete: until then the previous build
+stays whole and usable, and a failed or killed rebuild leaves it as it was. `Build`
+(engine/build_folder.py) loads one.
 """
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.artifacts import ArtifactError, file_entry, library_versions, read_manifest, write_manifest
+from engine.artifacts import (ArtifactError, file_entry, library_versions, read_manifest, staged_folder, target_lock,
+                              tidy, write_manifest)
 from engine.export import EXPORT_BATCH
 from engine.timing import Timings
 from kernels.io import sha256_json
@@ -146,7 +150,7 @@ def key_parts(cfg: BuildConfig, r: Recipe, backend: str, calib) -> dict:
 
 def make_build(cfg: BuildConfig) -> dict:
     """Build (or reuse) the build `cfg` asks for. Returns the summary `otl engines --json` prints."""
-    from engine.backends import emulated, resolve_backend
+    from engine.backends import resolve_backend
 
     check_config(cfg)
     t = Timings()
@@ -160,15 +164,28 @@ def make_build(cfg: BuildConfig) -> dict:
         calib = calibration_plan(cfg, r.preprocess, r.cut, r.weights_id)
     parts = key_parts(cfg, r, backend, calib)
     key = sha256_json(parts)
-    old = None if cfg.force else _manifest_with_key(r.out, key)
+    tidy(r.out, "otl engines is building")
+    old = _reusable(cfg, r.out, key)
     if old is not None:
         return _summary(r.out, old, rebuilt=False, timings=t)
-    r.out.mkdir(parents=True, exist_ok=True)
-    (r.out / "manifest.json").unlink(missing_ok=True)  # from here on the folder is "being built"
+    with target_lock(r.out, "otl engines is building"):
+        old = _reusable(cfg, r.out, key)  # a run that held the lock until just now may have made it
+        if old is not None:
+            return _summary(r.out, old, rebuilt=False, timings=t)
+        with staged_folder(r.out, "otl-engine") as tmp:
+            _carry_calibration_cache(r.out, tmp)
+            manifest = _build_into(cfg, dataclasses.replace(r, out=tmp), backend, calib, parts, t)
+    return _summary(r.out, manifest, rebuilt=True, timings=t)
+
+
+def _build_into(cfg: BuildConfig, r: Recipe, backend: str, calib, parts: dict, t: Timings) -> dict:
+    """Export and build into the (staged) folder r.out, manifest last. Returns the manifest."""
+    from engine.backends import emulated
+
     module, files, extra = _export(cfg, r, calib, t)
     artifact = _build_artifact(cfg, r, backend, files, extra, t)
     manifest = {
-        "kind": "otl-engine", "key": key, "key_parts": parts,
+        "kind": "otl-engine", "key": sha256_json(parts), "key_parts": parts,
         "model": cfg.model, "cut": {"name": r.cut, "features": _n_features(module, r.input_size), "pool": r.pool},
         "recipe": {"pool": r.pool, "resize": r.preprocess.resize},
         "weights": {"spec": cfg.weights, "id": r.weights_id}, "seed": cfg.seed, "precision": cfg.precision,
@@ -181,7 +198,20 @@ def make_build(cfg: BuildConfig) -> dict:
         "versions": library_versions(), "timings": t.as_dict(), **extra,
     }
     write_manifest(r.out, manifest)
-    return _summary(r.out, manifest, rebuilt=True, timings=t)
+    return manifest
+
+
+def _reusable(cfg: BuildConfig, out: Path, key: str) -> dict | None:
+    return None if cfg.force else _manifest_with_key(out, key)
+
+
+def _carry_calibration_cache(old: Path, new: Path) -> None:
+    """The previous build's int8 calibration cache, into the new folder: keyed by everything its
+    amax values depend on, it saves a recalibration when they are unchanged."""
+    from engine.int8 import CALIBRATION_CACHE
+
+    if (old / CALIBRATION_CACHE).is_file():
+        shutil.copy2(old / CALIBRATION_CACHE, new / CALIBRATION_CACHE)
 
 
 def _manifest_with_key(out: Path, key: str) -> dict | None:

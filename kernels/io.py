@@ -1,19 +1,25 @@
 """Files every layer writes: atomic writes (temp file + os.replace) and sha256 hashing.
 
+A writer holds an flock on its temporary file until the rename, so the next write to the same
+target can tell a dead writer's leftover (unlocked: removed) from a live one's (locked: kept).
+
 In kernels/ because kernels/ is the bottom of the dependency order (engine -> calibration ->
 kernels), so every package may import it.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process umask (reading it means setting it: set it straight back)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -22,23 +28,62 @@ def _umask() -> int:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write `data` to `path` through a temporary file in the same folder and os.replace.
 
-    A reader never sees a half-written file: either the old file or the new one.
+    A reader never sees a half-written file: either the old file or the new one. Temporary files
+    of earlier writers to `path` that were killed are removed first.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temps(path)
+    fd, tmp = _locked_temp(path)
     try:
         with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
+            os.fchmod(f.fileno(), 0o666 & ~current_umask())  # mkstemp makes 0600; give what open() would
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+            os.replace(tmp, path)  # still locked: a cleaner never takes a file being renamed
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return path
+
+
+def _locked_temp(path: Path) -> tuple[int, str]:
+    """(fd, name) of a new temporary file beside `path`, flocked by this process."""
+    while True:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if os.fstat(fd).st_nlink:  # else a cleaner removed it between mkstemp and flock
+            return fd, tmp
+        os.close(fd)
+
+
+def remove_stale_temps(path: Path) -> list[Path]:
+    """Remove the temporary files atomic_write_bytes left beside `path` when killed (those no live
+    writer holds locked). Returns what was removed."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp")
+    removed = []
+    for f in path.parent.iterdir():
+        if pattern.fullmatch(f.name) and _unlink_if_unlocked(f):
+            removed.append(f)
+    return removed
+
+
+def _unlink_if_unlocked(f: Path) -> bool:
+    try:
+        fd = os.open(f, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False  # a live writer
+    else:
+        f.unlink(missing_ok=True)
+        return True
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

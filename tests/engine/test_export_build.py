@@ -80,29 +80,141 @@ def test_changed_request_rebuilds(tmp_path):
     assert res["rebuilt"] and read_manifest(out)["key"] != k1
 
 
-def test_interrupted_build_is_never_picked_up(tmp_path, monkeypatch):
-    out = tmp_path / "b"
-    cfg = BuildConfig(model="densenet121", cut="pool0", weights="random", input_size=32, out=str(out),
-                       backend="onnxruntime")
-    make_build(cfg)
-    # A second build dies after the export: the old manifest is gone, so the folder is "being built".
+def _small(out, **kw) -> BuildConfig:
+    return BuildConfig(model="densenet121", cut="pool0", weights="random", input_size=32, out=str(out),
+                       backend="onnxruntime", **kw)
+
+
+@pytest.fixture(scope="module")
+def _small_built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("small") / "b"
+    make_build(_small(out))
+    return out
+
+
+@pytest.fixture
+def small_build(_small_built, tmp_path) -> Path:
+    """tmp_path / "b": a copy of a small build made once (copying takes milliseconds, building seconds)."""
+    import shutil
+
+    return Path(shutil.copytree(_small_built, tmp_path / "b"))
+
+
+def _features(out) -> np.ndarray:
+    x = np.random.default_rng(0).standard_normal((3, 3, 32, 32), dtype=np.float32)
+    with Build(out).runner() as r:
+        return r.infer(x)
+
+
+def _boom(*a, **k):
+    raise KeyboardInterrupt  # what SIGINT raises: not an Exception, so nothing may swallow it
+
+
+@pytest.mark.parametrize("where", ["_build_artifact", "write_manifest"])
+def test_failed_rebuild_leaves_the_previous_build_whole(tmp_path, small_build, monkeypatch, where):
     import engine.build as b
 
-    def boom(*a, **k):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(b, "write_manifest", boom)
-    cfg.force = True
+    out = small_build
+    before, manifest = _features(out), (out / "manifest.json").read_text()
+    monkeypatch.setattr(b, where, _boom)
     with pytest.raises(KeyboardInterrupt):
-        make_build(cfg)
-    with pytest.raises(ArtifactError, match=r"no manifest.json.*interrupted"):
-        Build(out)
-    assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
+        make_build(_small(out, seed=1, force=True))  # another build, failing late
+    assert (out / "manifest.json").read_text() == manifest
+    Build(out, verify=True)
+    np.testing.assert_array_equal(_features(out), before)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no staged folder, no lock file left
     monkeypatch.undo()
     monkeypatch.setenv("OTL_OFFLINE", "1")
-    cfg.force = False
-    assert make_build(cfg)["rebuilt"]  # rebuilt, not reused
-    Build(out)
+    assert make_build(_small(out))["rebuilt"] is False  # the previous build is still the current one
+
+
+def test_rebuild_replaces_the_folder_and_records_no_staging_path(tmp_path, small_build):
+    out = small_build
+    (out / "stray.txt").write_text("left by an earlier version")
+    res = make_build(_small(out, seed=1))
+    assert res["rebuilt"] and res["build_dir"] == str(out) and Path(res["artifact"]).parent == out
+    assert not (out / "stray.txt").exists()  # the whole folder is the new build
+    text = (out / "manifest.json").read_text()
+    assert ".build-" not in text and str(tmp_path) not in text  # paths relative to the folder
+    Build(out, verify=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+def test_refuses_to_replace_a_folder_that_is_not_a_build(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(ArtifactError, match=r"mine exists and is not an otl artifact.*choose another --out"):
+        make_build(_small(out))
+    assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_the_next_run_removes_what_killed_runs_left(tmp_path, small_build):
+    out = small_build
+    for name in (".b.build-k1ll3d_0", ".b.zz9_abcd", ".b.v2.build-k1ll3d_0", ".c.build-k1ll3d_0"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.fp32.onnx").write_bytes(b"partial")
+    (tmp_path / ".b.lock").write_text("4242\n")  # a killed build's lock file: no longer locked
+    assert make_build(_small(out))["rebuilt"] is False  # a run that reuses the build cleans up too
+    # ours (staged builds, and stores' staging folders of earlier versions) went; other targets' stay
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".b.v2.build-k1ll3d_0", ".c.build-k1ll3d_0", "b"]
+
+
+def test_a_build_killed_between_the_swaps_renames_is_restored(tmp_path, small_build):
+    out = small_build
+    before = _features(out)
+    out.rename(tmp_path / ".b.old")  # swap_in's first rename done, the second not
+    assert make_build(_small(out))["rebuilt"] is False
+    np.testing.assert_array_equal(_features(out), before)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+def _edit_manifest(folder: Path, edit) -> None:
+    m = json.loads((folder / "manifest.json").read_text())
+    edit(m)
+    (folder / "manifest.json").write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize("path", ["../outside.onnx", "/etc/hostname", "sub/../../outside.onnx"])
+def test_a_manifest_naming_a_path_outside_its_build_is_refused(tmp_path, small_build, capsys, path):
+    from engine import cli
+
+    (tmp_path / "outside.onnx").write_bytes((small_build / "model.fp32.onnx").read_bytes())
+    _edit_manifest(small_build, lambda m: m["files"]["onnx_fp32"].update(path=path))
+    with pytest.raises(ArtifactError, match=r"build manifest .*\(onnx_fp32\) names the path .*expected a path "
+                                            r"relative to the folder, inside it"):
+        Build(small_build)
+    assert cli.main(["featurize", "--build", str(small_build), "--out", str(tmp_path / "s"), "--json"]) == 2
+    assert "expected a path relative to the folder" in json.loads(capsys.readouterr().out)["error"]
+
+
+def test_a_symlink_leading_out_of_the_build_is_refused(tmp_path, small_build):
+    outside = tmp_path / "outside.onnx"
+    (small_build / "model.fp32.onnx").rename(outside)
+    (small_build / "model.fp32.onnx").symlink_to(outside)
+    with pytest.raises(ArtifactError, match=r"leads outside the folder .* through a symbolic link"):
+        Build(small_build)
+    (small_build / "model.fp32.onnx").unlink()
+    outside.rename(small_build / "model.fp32.onnx")
+    _edit_manifest(small_build, lambda m: m.update(artifact="../outside.onnx"))
+    with pytest.raises(ArtifactError, match=r"\(artifact\) names the path '../outside.onnx'"):
+        read_manifest(small_build, verify_files=False)
+
+
+def test_a_second_build_into_a_locked_folder_exits_2(tmp_path, capsys):
+    import os
+
+    from engine import cli
+    from engine.artifacts import target_lock
+
+    out = tmp_path / "b"
+    with target_lock(out, "otl engines is building"):  # as a running build holds it
+        code = cli.main(["engines", "--model", "densenet121", "--cut", "pool0", "--weights", "random",
+                         "--input-size", "32", "--backend", "onnxruntime", "--out", str(out), "--json"])
+    assert code == 2
+    err = json.loads(capsys.readouterr().out)["error"]
+    assert f"another otl engines is building {out} (pid {os.getpid()}); wait for it or use another --out" in err
+    assert not out.exists() and not list(tmp_path.iterdir())  # refused before anything was written
 
 
 def test_truncated_engine_file_is_refused(tmp_path):

@@ -70,6 +70,73 @@ def test_interrupted_store_leaves_previous_intact(tiny_engine, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["s"]  # no temporary folder left behind
 
 
+def test_a_store_replaces_killed_runs_leftovers_and_has_ordinary_permissions(tiny_engine, tmp_path):
+    import stat
+
+    for name in (".s.k1ll3d_0", ".s.build-k1ll3d_0"):  # killed featurize runs (earlier and this version)
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "train.features.bin").write_bytes(b"partial")
+    _eight_row_store(tiny_engine, tmp_path / "s")
+    assert [p.name for p in tmp_path.iterdir()] == ["s"]
+    (tmp_path / "plain").mkdir()
+    assert stat.S_IMODE((tmp_path / "s").stat().st_mode) == stat.S_IMODE((tmp_path / "plain").stat().st_mode)
+
+
+def test_featurize_into_a_locked_store_exits_2(tiny_engine, tmp_path, capsys):
+    import json
+    import os
+
+    from engine import cli
+    from engine.artifacts import target_lock
+
+    eng, _ = _eight_row_store(tiny_engine, tmp_path / "s")
+    before = (tmp_path / "s" / "manifest.json").read_text()
+    with target_lock(tmp_path / "s", "otl featurize is writing"):
+        code = cli.main(["featurize", "--build", str(eng.root), "--out", str(tmp_path / "s"), "--workers", "0",
+                         "--json", "--quiet"])
+    assert code == 2
+    err = json.loads(capsys.readouterr().out)["error"]
+    assert f"another otl featurize is writing {tmp_path / 's'} (pid {os.getpid()}); wait for it" in err
+    assert (tmp_path / "s" / "manifest.json").read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["s"]
+
+
+def test_a_same_size_corrupt_store_is_refused_before_fitting(tiny_engine, tmp_path, capsys):
+    import json
+
+    from engine import cli
+
+    _eight_row_store(tiny_engine, tmp_path / "s")
+    bin_ = tmp_path / "s" / "train.features.bin"
+    bin_.write_bytes(bytes(255 - b for b in bin_.read_bytes()))  # same size, other bits
+    with pytest.raises(ArtifactError, match=r"train.features.bin \(train.features.bin\) does not match the sha256"):
+        FeatureStore(tmp_path / "s")
+    assert cli.main(["fit", "--features", str(tmp_path / "s"), "--n-components", "64", "--json", "--quiet"]) == 2
+    assert "does not match the sha256" in json.loads(capsys.readouterr().out)["error"]
+    assert FeatureStore(tmp_path / "s", verify=False).rows("train") == 8  # sizes alone cannot tell
+
+
+@pytest.mark.parametrize("edit", ["split", "file"])
+def test_a_store_manifest_naming_a_path_outside_its_folder_is_refused(tiny_engine, tmp_path, capsys, edit):
+    import json
+    import shutil
+
+    from engine import cli
+
+    _eight_row_store(tiny_engine, tmp_path / "s")
+    shutil.copytree(tmp_path / "s", tmp_path / "t")
+    m = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    if edit == "split":  # the reader makes "<split>.features.bin" from the split's name
+        m["splits"] = {"../t/train": m["splits"]["train"]}
+    else:
+        m["files"]["train.labels.npy"]["path"] = "../t/train.labels.npy"
+    (tmp_path / "s" / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ArtifactError, match=r"names the path '\.\./t/train.*expected a path relative to the folder"):
+        FeatureStore(tmp_path / "s")
+    assert cli.main(["fit", "--features", str(tmp_path / "s"), "--n-components", "64", "--json", "--quiet"]) == 2
+    assert "expected a path relative to the folder" in json.loads(capsys.readouterr().out)["error"]
+
+
 def test_preprocessing_mismatch_is_refused(tiny_engine):
     from engine.data import IMAGENET_DEFAULT
 
