@@ -99,9 +99,9 @@ def featurize(cfg: FeaturizeConfig) -> dict:
     parts = {"train": splits.train, "validation": splits.validation, "test": splits.test}
     with t("featurize"), Featurizer(build, cfg.batch_size, cfg.workers, cfg.progress) as f:
         manifest = write_store(cfg.out, f, parts, fmt=cfg.format, encoder=cfg.encode, classes=splits.classes,
-                               source=splits.source, seed=cfg.seed)
+                               source=splits.source, seed=cfg.seed, scan_skipped=splits.skipped)
     rows = {k: v["rows"] for k, v in manifest["splits"].items()}
     return {"store": str(cfg.out), "build": build.describe(), "format": cfg.format, "rows": rows,
             "features": manifest["n_features"], "emulated": bool(build.manifest.get("emulated")),
             "images_per_second": round(sum(rows.values()) / max(t.seconds["featurize"], 1e-9), 2),
-            "timings": t.as_dict()}
+            "skipped_images": manifest["skipped_images"], "timings": t.as_dict()}

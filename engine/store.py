@@ -35,14 +35,17 @@ def check_request(fmt: str, encoder):
 
 
 def write_store(path, featurizer, splits: dict, fmt: str = "bits", encoder=None,
-                classes: list[str] | None = None, source: dict | None = None, seed: int = 0) -> dict:
+                classes: list[str] | None = None, source: dict | None = None, seed: int = 0,
+                scan_skipped: list[str] | None = None) -> dict:
     """Featurize each dataset in `splits` ({"train": ds, ...}) into a store at `path`.
 
     A bits store is encoded on the way; an encoder with fitted thresholds (threshold:median,
     thresholds:Q) learns them from the first rows of train, put in a seeded random order when
     train is larger than the sample (encode.with_sample_first), and saves them in the store.
-    Float stores keep the raw features: any encoder can be fitted on them later.
+    Float stores keep the raw features: any encoder can be fitted on them later. The manifest's
+    skipped_images counts what the folder scan (`scan_skipped`) and each split's pass dropped.
     """
+    from engine.data import skipped_images
     from kernels.encode import DEFAULT_SPEC
 
     enc = check_request(fmt, DEFAULT_SPEC if encoder is None else encoder)
@@ -51,11 +54,12 @@ def write_store(path, featurizer, splits: dict, fmt: str = "bits", encoder=None,
         raise ValueError(f"encoder {enc.spec} learns its thresholds on the train split, and there is none")
     path = Path(path)
     with target_lock(path, "otl featurize is writing"), staged_folder(path, "otl-feature-store") as tmp:
-        split_info, n_features = {}, None
+        split_info, n_features, dropped = {}, None, [scan_skipped or []]
         for name, ds in splits.items():
             if ds is not None:
                 fit_here = name == "train" and fit_encoder
-                split_info[name], width = _write_split(tmp, name, ds, featurizer, enc, fmt, fit_here, seed)
+                split_info[name], width, skipped = _write_split(tmp, name, ds, featurizer, enc, fmt, fit_here, seed)
+                dropped.append(skipped)
                 n_features = width if width is not None else n_features  # an empty split has no rows to tell
         files = {f"{name}.{part}": file_entry(tmp / f"{name}.{part}", tmp)
                  for name in split_info for part in ("features.bin", "labels.npy")}
@@ -67,7 +71,7 @@ def write_store(path, featurizer, splits: dict, fmt: str = "bits", encoder=None,
             "encoder_stats": enc.stats_ if fmt == "bits" else None, "n_features": n_features,
             "row_bytes": _row_bytes(fmt, n_features), "splits": split_info, "classes": classes,
             "build": featurizer.build.describe() if featurizer.build is not None else None,
-            "source": source, "files": files,
+            "source": source, "files": files, "skipped_images": skipped_images(*dropped),
         }
         write_manifest(tmp, manifest)
     return manifest
@@ -75,7 +79,8 @@ def write_store(path, featurizer, splits: dict, fmt: str = "bits", encoder=None,
 
 def _write_split(tmp: Path, name: str, ds, featurizer, enc, fmt: str, fit_encoder: bool, seed: int):
     """One split's rows and labels into `tmp`; fits the encoder on the first rows when asked.
-    Returns ({"rows": n}, features per row as stored: bits for a bits store)."""
+    Returns ({"rows": n}, features per row as stored: bits for a bits store, the images the pass
+    skipped as "path: why")."""
     from kernels.encode import fit_on_first_rows, packbits, with_sample_first
 
     if fit_encoder:
@@ -93,7 +98,7 @@ def _write_split(tmp: Path, name: str, ds, featurizer, enc, fmt: str, fit_encode
             labels.append(np.asarray(y, dtype=np.int64))
             rows += len(y)
     np.save(tmp / f"{name}.labels.npy", np.concatenate(labels) if labels else np.zeros(0, np.int64))
-    return {"rows": rows}, n_features
+    return {"rows": rows}, n_features, list(getattr(ds, "skipped", []))  # bench fakes have none
 
 
 def _row_bytes(fmt: str, k: int | None) -> int | None:

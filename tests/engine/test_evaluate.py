@@ -10,6 +10,7 @@ from PIL import Image
 
 from engine.evaluate import SplitMismatchError
 from engine.evaluate import EvaluateConfig, evaluate
+from engine.store import FeatureStore
 from engine.train import FitConfig, fit
 
 
@@ -272,7 +273,7 @@ def test_evaluate_without_data_never_falls_back_on_the_digits(fitted, tmp_path):
         evaluate(EvaluateConfig(tmp_path / "old.npz", workers=0, progress=False))
 
 
-def test_fit_counts_the_images_it_skipped(tiny_engine, tmp_path):
+def test_fit_counts_the_images_it_skipped(tiny_engine, tmp_path, capsys):
     """fit's JSON counts what the scan and the passes over each split dropped."""
     import os
 
@@ -286,3 +287,14 @@ def test_fit_counts_the_images_it_skipped(tiny_engine, tmp_path):
         _, s = fit(FitConfig(build=res["build_dir"], data=str(data), n_components=100, progress=False, workers=0))
     assert s["skipped_images"]["count"] == 2 and s["n_test"] == 6  # 3 classes x 2; the link is not an image
     assert sorted(p.split(":")[0].rsplit("/", 1)[1] for p in s["skipped_images"]["first"]) == ["bad.png", "dangling.png"]
+    from engine.cli import main
+
+    store = tmp_path / "store"  # featurize counts them too, records them, and a fit on the store reports them
+    args = ["featurize", "--build", res["build_dir"], "--data", str(data), "--out", str(store), "--workers", "0"]
+    capsys.readouterr()
+    with pytest.warns(UserWarning, match="skipped"):
+        assert main(args + ["--quiet", "--json"]) == 0
+    f = json.loads(capsys.readouterr().out)["skipped_images"]
+    assert f == FeatureStore(store).manifest["skipped_images"]
+    _, s2 = fit(FitConfig(features=str(store), n_components=100, progress=False))
+    assert f == s2["skipped_images"] == s["skipped_images"]
