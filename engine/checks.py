@@ -48,6 +48,17 @@ def check_fraction(name: str, value) -> None:
         raise NumberError(f"{name}: {problem}")
 
 
+def check_run_numbers(cfg) -> None:
+    """The numbers run configs share (FitConfig, FeaturizeConfig, EvaluateConfig, PredictConfig),
+    each checked when the config has it and it is set: the CLI's ranges, for API users."""
+    ranges = {"seed": (0, MAX_SEED), "batch_size": (1, None), "workers": (0, None), "threads": (1, None)}
+    for name, (least, most) in ranges.items():
+        check_optional_int(name, getattr(cfg, name, None), least, most)
+    for name in ("test_fraction", "validation_fraction"):
+        if getattr(cfg, name, None) is not None:
+            check_fraction(name, getattr(cfg, name))
+
+
 def file_kind(path) -> str:
     """What `path` looks like, for an error message: "a directory", "a zip archive", "a damaged zip
     archive", "a pickle", "a text file", "an empty file" or "binary data that is neither zip nor pickle"."""

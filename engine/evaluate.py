@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.checks import check_run_numbers
 from engine.classifier import TransferClassifier
 from engine.model_file import ModelFileError, load_npz
 from engine.timing import Timings
@@ -163,6 +164,7 @@ def evaluate(cfg: EvaluateConfig) -> dict:
     from engine.data import load_splits, skipped_images
     from engine.featurize import Featurizer
 
+    check_run_numbers(cfg)
     t = Timings()
     m = load_model(cfg.model)
     build = m.build(cfg.build, cfg.threads)
@@ -216,6 +218,7 @@ def predict(cfg: PredictConfig) -> list[dict]:
     """
     from engine.data import ImageFolderDataset, iter_batches
 
+    check_run_numbers(cfg)
     m = load_model(cfg.model)
     build = m.build(cfg.build, cfg.threads)
     inputs = _expand_images(cfg.images, cfg.strict)

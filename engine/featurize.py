@@ -85,10 +85,12 @@ def open_build(build: str | None, build_config=None, backend: str = "auto", thre
 
 def featurize(cfg: FeaturizeConfig) -> dict:
     """Featurize the data's splits into a feature store. Returns the summary `otl featurize --json` prints."""
+    from engine.checks import check_run_numbers
     from engine.data import load_splits
     from engine.store import check_request, write_store
     from engine.timing import Timings
 
+    check_run_numbers(cfg)
     check_request(cfg.format, cfg.encode)
     t = Timings()
     with t("build"):

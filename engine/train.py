@@ -111,17 +111,12 @@ def fit(cfg: FitConfig) -> tuple[TransferClassifier, dict]:
 
 def _check_numbers(cfg: FitConfig) -> None:
     """The CLI's ranges (engine/cli/args.py), for API users: refused before any image is read."""
-    from engine.checks import MAX_SEED, check_fraction, check_int, check_optional_int
+    from engine.checks import check_int, check_run_numbers
 
     if cfg.projection != "none":
         check_int("n_components", cfg.n_components, 1)
     check_int("folds", cfg.folds, 2)
-    check_int("seed", cfg.seed, 0, MAX_SEED)
-    check_int("batch_size", cfg.batch_size, 1)
-    check_optional_int("workers", cfg.workers, 0)
-    check_optional_int("threads", cfg.threads, 1)
-    check_fraction("test_fraction", cfg.test_fraction)
-    check_fraction("validation_fraction", cfg.validation_fraction)
+    check_run_numbers(cfg)
 
 
 def recipe(build_info: dict | None, clf: TransferClassifier, cfg: FitConfig) -> dict:

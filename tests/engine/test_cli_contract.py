@@ -63,6 +63,28 @@ def test_fit_config_checks_the_same_numbers(field, value, message):
         fit(FitConfig(build="no-such-build", **{field: value}))  # refused before the build is opened
 
 
+@pytest.mark.parametrize("command", ["featurize", "evaluate", "predict"])
+@pytest.mark.parametrize("field, value, message", [
+    ("seed", -1, "seed: expected an integer in 0..4294967295, got -1"),
+    ("batch_size", 0, "batch_size: expected an integer >= 1, got 0"),
+    ("workers", -2, "workers: expected an integer >= 0, got -2"),
+    ("threads", 0, "threads: expected an integer >= 1, got 0"),
+])
+def test_run_configs_check_the_same_numbers(tmp_path, command, field, value, message):
+    """featurize, evaluate and predict configs refuse what the CLI refuses, before opening anything."""
+    from engine.checks import NumberError
+    from engine.evaluate import EvaluateConfig, PredictConfig, evaluate, predict
+    from engine.featurize import FeaturizeConfig, featurize
+
+    if command == "predict" and field == "seed":
+        pytest.skip("predict has no seed")
+    run, cfg = {"featurize": (featurize, lambda **kw: FeaturizeConfig(out=str(tmp_path / "s"), build="none", **kw)),
+                "evaluate": (evaluate, lambda **kw: EvaluateConfig(model="none.npz", **kw)),
+                "predict": (predict, lambda **kw: PredictConfig(model="none.npz", images=["x.png"], **kw))}[command]
+    with pytest.raises(NumberError, match=message):
+        run(cfg(**{field: value}))
+
+
 def test_ridge_memory_is_refused_before_any_row_is_projected(monkeypatch):
     """k = 40,000 components: ten 12.8 GB k x k float64 matrices (5 fold Grams, their total, the
     solve's four) cannot fit in 8 GiB; the refusal comes before the projection matrix is drawn."""
