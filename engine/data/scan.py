@@ -41,13 +41,18 @@ class FolderScan:
         self._reached: dict[Path, Path] = {self.real_root: self.root}  # real path -> the path that took it
         self._plain: set[Path] = set()  # the reserved paths (not links): taken without resolving them again
         self.skipped: list[tuple[Path, str]] = []  # (path, why it was not taken)
+        self._skipped_paths: set[Path] = set()
 
-    def reserve(self, folder: Path) -> None:
-        """Record every entry under folder that is not a link (a walk that follows no link)."""
+    def reserve(self, folder: Path, recursive: bool = True) -> None:
+        """Record every entry under folder (recursive=False: in folder) that is not a link (a walk that
+        follows no link)."""
         for dirpath, dirnames, filenames in os.walk(folder):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            names = dirnames + filenames
+            if not recursive:
+                dirnames.clear()
             real_dir = Path(os.path.realpath(dirpath))
-            for name in dirnames + filenames:
+            for name in names:
                 p = Path(dirpath, name)
                 if not p.is_symlink() and self._reached.setdefault(real_dir / name, p) == p:
                     self._plain.add(p)
@@ -90,8 +95,9 @@ class FolderScan:
             reason = self._reach(p)
             if reason is None:
                 kept.append(p)
-            elif is_image_name(name) or not os.path.isfile(p):  # not a mere non-image file
-                self.skipped.append((p, reason))
+            elif (is_image_name(name) or not os.path.isfile(p)) and p not in self._skipped_paths:
+                self.skipped.append((p, reason))  # once, however often its folder is listed
+                self._skipped_paths.add(p)
         return kept
 
     def _reach(self, p: Path) -> str | None:

@@ -108,6 +108,7 @@ def load_splits(data_dir: str | Path | None, preprocess: Preprocess = IMAGENET_D
         raise DataError(f"data directory {root} {'is not a folder' if root.exists() else 'does not exist'}; "
                         "expected DIR/<class>/*.jpg or DIR/train/<class>/*.jpg - or give none for the digits")
     scan = FolderScan(root, strict)
+    scan.reserve(root, recursive=False)  # root/x -> train must not take the place of train/ itself
     split_dirs = _split_folders(root, scan)
     for d in split_dirs.values() or [root]:  # what the load reads: no link may take the place of these files
         scan.reserve(d)

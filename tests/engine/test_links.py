@@ -112,3 +112,28 @@ def test_list_images_uses_the_same_rule(tmp_path):
         assert [p.name for p in list_images(root / "train" / "a")] == ["0.png", "1.png", "2.png"]
     with pytest.raises(DataError, match="link loop"):
         list_images(root / "train" / "a", strict=True)
+
+
+def test_a_link_at_the_root_never_takes_the_place_of_the_folder_it_names(tmp_path):
+    """root/abc -> train sorts before train/: the real train/ is still the train split, the link is
+    the second path, and it is counted once although the root is listed more than once."""
+    r = _data(tmp_path / "d")
+    os.symlink("train", r / "abc")
+    s, warned = _load(r)
+    assert len(s.train) == 6 and len(s.test) == 2
+    assert len(s.skipped) == 1 and s.skipped[0].startswith(f"{r / 'abc'}: second path to {r / 'train'}")
+    assert len(warned) == 1
+
+
+def test_class_folder_layout_a_link_to_a_class_is_skipped_once(tmp_path):
+    """DIR/<class>/*: root/a_link -> zebra gives no class a_link, keeps zebra, counts the link once."""
+    r = tmp_path / "c"
+    for c in ("lion", "zebra"):
+        (r / c).mkdir(parents=True)
+        for i in range(5):
+            Image.new("RGB", (8, 8), (40 * i, 100, 0)).save(r / c / f"{i}.png")
+    os.symlink("zebra", r / "a_link")
+    os.symlink("gone.png", r / "dangling.png")
+    s, _ = _load(r)
+    assert s.classes == ["lion", "zebra"] and len(s.train) + len(s.test) == 10
+    assert sorted(x.split(":")[0] for x in s.skipped) == [str(r / "a_link"), str(r / "dangling.png")]
