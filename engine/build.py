@@ -90,12 +90,10 @@ def check_config(cfg: BuildConfig) -> None:
 
 def _check_numbers(cfg: BuildConfig) -> None:
     """The CLI's ranges (engine/cli/args.py), for API users: refused before anything is built."""
-    from engine.checks import MAX_SEED, MIN_INPUT_SIZE, check_int, check_optional_int
+    from engine.checks import MIN_INPUT_SIZE, check_int, check_optional_int, check_run_numbers
 
+    check_run_numbers(cfg)  # seed, threads, batch_size
     check_optional_int("input_size", cfg.input_size, MIN_INPUT_SIZE)
-    check_int("seed", cfg.seed, 0, MAX_SEED)
-    check_optional_int("threads", cfg.threads, 1)
-    check_int("batch_size", cfg.batch_size, 1)
     check_int("max_batch", cfg.max_batch, cfg.batch_size)
 
 

@@ -67,7 +67,8 @@ def file_kind(path) -> str:
         return "a directory"
     if zipfile.is_zipfile(p):
         return "a zip archive"
-    head = p.read_bytes()[:512] if p.stat().st_size <= 512 else p.open("rb").read(512)
+    with p.open("rb") as f:
+        head = f.read(512)
     if not head:
         return "an empty file"
     if head[:4] == b"PK\x03\x04":

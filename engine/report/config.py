@@ -63,6 +63,7 @@ def check_report(cfg: ReportConfig) -> None:
     from engine.backbones.cuts import resolve
     from engine.backends import BACKENDS, buildable
     from engine.build import PRECISIONS
+    from engine.checks import check_int
     from kernels.encode import parse_encoder
 
     model_info(cfg.model)
@@ -82,9 +83,9 @@ def check_report(cfg: ReportConfig) -> None:
     if not cfg.n_components or any(not isinstance(k, int) or k < 1 for k in ks):
         raise ValueError(f"n_components: expected positive integers, got {list(cfg.n_components)}")
     for name in ("seeds", "throughput_batch", "latency_runs"):
-        _check_int(name, getattr(cfg, name), 1)
+        check_int(name, getattr(cfg, name), 1)
     for name in ("baseline_epochs", "warmup_runs", "sensitivity_images", "baseline_batch"):
-        _check_int(name, getattr(cfg, name), 0 if name != "baseline_batch" else 1)
+        check_int(name, getattr(cfg, name), 0 if name != "baseline_batch" else 1)
     if not 0 < cfg.sensitivity_threshold <= 1:
         raise ValueError(f"sensitivity_threshold: expected a cosine in (0, 1], got {cfg.sensitivity_threshold}")
     if not cfg.baseline_lr > 0:
@@ -111,7 +112,3 @@ def _check_members(name: str, values, allowed) -> None:
     if len(set(values)) != len(values):
         raise ValueError(f"{name}: {list(values)} names one twice")
 
-
-def _check_int(name: str, value, least: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < least:
-        raise ValueError(f"{name}: expected an integer >= {least}, got {value!r}")
