@@ -19,8 +19,16 @@ from typing import Any
 
 
 def current_umask() -> int:
-    """The process umask (reading it means setting it: set it straight back)."""
-    mask = os.umask(0)
+    """The process umask: from /proc/self/status (Linux) when it says, since the portable way to read
+    it sets it, and a file another thread creates in between would get no mask at all."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0)  # elsewhere: set it straight back
     os.umask(mask)
     return mask
 
