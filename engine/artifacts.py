@@ -1,7 +1,7 @@
 """Manifests: what every artifact records about its inputs, and the checks made when it is read;
 artifact folders written aside and swapped in, under a lock on their target.
 
-    with target_lock(out, "otl engines is building"), staged_folder(out) as tmp:
+    with target_lock(out, "otl engines is building"), staged_folder(out, "otl-engine") as tmp:
         ...write files into tmp, write_manifest(tmp, ...) last...
     # out is now the new folder; until here it was the previous one, untouched
 

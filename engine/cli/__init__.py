@@ -127,11 +127,24 @@ def _stdout_to_stderr(enabled: bool):
     try:
         with contextlib.redirect_stdout(sys.stderr):
             yield
-    finally:
-        sys.stderr.flush()
+    finally:  # what is still buffered for fd 1 (Python's own stdout, C stdio) goes out while it is stderr
+        for stream in (sys.stderr, sys.__stdout__):
+            if stream is not None:
+                stream.flush()
+        _flush_c_stdio()
         if saved is not None:
             os.dup2(saved, 1)
             os.close(saved)
+
+
+def _flush_c_stdio() -> None:
+    """fflush(NULL): C libraries' buffered stdout, where the C library can be reached."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):
+        pass
 
 
 def _one_line(e: BaseException) -> str:
