@@ -14,10 +14,9 @@ from typing import Iterator
 import numpy as np
 
 from engine.data.datasets import ImageDataset
-from engine.data.errors import DataError, DataWarning
+from engine.data.errors import NAMED_SKIPPED, DataError, DataWarning
 
 MAX_DEFAULT_WORKERS = 4
-NAMED_SKIPPED = 5  # skipped images named in a warning or a JSON record
 
 
 def default_workers() -> int:

@@ -7,10 +7,9 @@ import os
 import warnings
 from pathlib import Path
 
-from engine.data.errors import DataError, DataWarning
+from engine.data.errors import NAMED_SKIPPED, DataError, DataWarning
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
-NAMED_IN_MESSAGES = 3  # skipped paths named in a warning or error
 
 
 def is_image_name(name: str) -> bool:
@@ -78,7 +77,7 @@ class FolderScan:
             return []
         n = len(reasons)
         text = (f"{n} link{'s' * (n > 1)} under {self.root} "
-                f"({'; '.join(reasons[:NAMED_IN_MESSAGES])}{'; ...' if n > NAMED_IN_MESSAGES else ''})")
+                f"({'; '.join(reasons[:NAMED_SKIPPED])}{'; ...' if n > NAMED_SKIPPED else ''})")
         if self.strict:
             raise DataError(f"{text} cannot be followed: links are followed once and only inside the data folder; "
                             "fix or remove them, or drop --strict to skip them")
