@@ -214,7 +214,11 @@ def remove_stale_staging(path: Path) -> list[Path]:
 
 
 def _check_replaceable(path: Path, kind: str) -> None:
-    """Refuse to replace a folder that is not an earlier `kind` artifact: it would be deleted."""
+    """Refuse to replace a folder that is not an earlier `kind` artifact (it would be deleted), and a
+    symbolic link (the swap would replace the link and leave the folder it names behind)."""
+    if path.is_symlink():
+        raise ArtifactError(f"{path} is a symbolic link (to {os.readlink(path)}); the new artifact would "
+                            f"replace the link, not the folder: pass --out {path.resolve()}")
     if not path.exists() or (path.is_dir() and not any(path.iterdir())):
         return
     try:

@@ -149,6 +149,21 @@ def test_refuses_to_replace_a_folder_that_is_not_a_build(tmp_path):
     assert (out / "notes.txt").read_text() == "keep me"
 
 
+def test_refuses_to_swap_over_a_symbolic_link(tmp_path):
+    """--out builds/current -> v3: swapping would rename the link away and leave a stale one beside."""
+    import os
+
+    from engine.artifacts import staged_folder
+
+    (tmp_path / "v3").mkdir()
+    os.symlink("v3", tmp_path / "current")
+    with pytest.raises(ArtifactError, match=r"current is a symbolic link \(to v3\).*pass --out .*v3"):
+        with staged_folder(tmp_path / "current", "otl-engine"):
+            pass
+    assert os.readlink(tmp_path / "current") == "v3"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["current", "v3"]
+
+
 def test_the_next_run_removes_what_killed_runs_left(tmp_path, small_build):
     out = small_build
     for name in (".b.build-k1ll3d_0", ".b.zz9_abcd", ".b.v2.build-k1ll3d_0", ".c.build-k1ll3d_0"):
