@@ -2,7 +2,8 @@
 renamed into place (each rename atomic), report.json (which lists every file with its sha256)
 last. A report that fails to render leaves the previous one as it was; a crash between the renames
 leaves new files beside the old report.json, whose hashes then tell them apart. Files the previous
-report listed and this one does not are removed once the new one is complete."""
+report listed and this one does not are removed once the new one is complete. One run writes a
+report folder at a time (a lock on it); temporary folders of killed runs are removed by the next."""
 from __future__ import annotations
 
 import json
@@ -11,9 +12,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from engine.artifacts import target_lock
 from kernels.io import sha256_file
 
 REPORT_FILE = "report.json"
+TEMP_PREFIX = ".report-"
 
 
 def write_report(rep: dict, out: Path) -> dict:
@@ -21,8 +24,15 @@ def write_report(rep: dict, out: Path) -> dict:
     from engine.report.render import render
 
     out.mkdir(parents=True, exist_ok=True)
+    with target_lock(out, "otl report is writing"):
+        for stale in out.glob(f"{TEMP_PREFIX}*"):  # only a lock holder makes them: these are a killed run's
+            shutil.rmtree(stale, ignore_errors=True)
+        return _write(rep, out, render)
+
+
+def _write(rep: dict, out: Path, render) -> dict:
     old = _listed(out)
-    tmp = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
+    tmp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=out))
     try:
         written = render(rep, tmp)
         files = {rel: {"sha256": sha256_file(tmp / rel), "bytes": (tmp / rel).stat().st_size}

@@ -185,6 +185,20 @@ def test_a_minimal_report_renders(tmp_path):
     assert "emulated" not in md
 
 
+def test_the_next_report_removes_a_killed_runs_temporary_folder_and_one_writer_holds_it(tmp_path):
+    from engine.artifacts import TargetBusyError, target_lock
+    from engine.report.write import write_report
+
+    out = tmp_path / "rep"
+    (out / ".report-k1ll3d00" / "plots").mkdir(parents=True)  # what a SIGKILLed render leaves
+    (out / ".report-k1ll3d00" / "plots" / "half.png").write_bytes(b"\x89PNG")
+    files = write_report(_minimal(), out)
+    assert sorted(p.name for p in out.iterdir()) == ["plots", "report.html", "report.json", "report.md"]
+    assert set(files) == set(json.loads((out / "report.json").read_text())["files"])
+    with target_lock(out, "otl report is writing"), pytest.raises(TargetBusyError, match="otl report is writing"):
+        write_report(_minimal(), out)
+
+
 def _all_failed() -> dict:
     rep = _sample()
     for v in rep["variants"]:
