@@ -70,12 +70,17 @@ def _locked_temp(path: Path) -> tuple[int, str]:
 def remove_stale_temps(path: Path) -> list[Path]:
     """Remove the temporary files atomic_write_bytes left beside `path` when killed (those no live
     writer holds locked). Returns what was removed."""
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp")
-    removed = []
-    for f in path.parent.iterdir():
-        if pattern.fullmatch(f.name) and _unlink_if_unlocked(f):
-            removed.append(f)
-    return removed
+    return _remove_unlocked(path.parent, rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp")
+
+
+def remove_stale_temps_in(folder: Path) -> list[Path]:
+    """remove_stale_temps for every file of `folder` at once (a cache being cleared)."""
+    return _remove_unlocked(Path(folder), r"\..+\.[a-z0-9_]{8}\.tmp")
+
+
+def _remove_unlocked(folder: Path, name_pattern: str) -> list[Path]:
+    pattern = re.compile(name_pattern)
+    return [f for f in folder.iterdir() if pattern.fullmatch(f.name) and _unlink_if_unlocked(f)]
 
 
 def _unlink_if_unlocked(f: Path) -> bool:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kernels.io import atomic_write_bytes, atomic_write_json, sha256_json
+from kernels.io import atomic_write_bytes, atomic_write_json, remove_stale_temps_in, sha256_json
 from kernels.opu_matrix import ITEMSIZE
 
 SUBDIR = "opu-matrices"
@@ -168,16 +168,18 @@ class MatrixCache:
             total -= size
 
     def clear(self) -> tuple[int, int]:
-        """Remove every entry (and stray temporary files) -> (entries, bytes) removed."""
+        """Remove every entry, and the temporary files of killed writers (a live writer's stays) ->
+        (entries, bytes) removed."""
         if self.root is None or not self.root.is_dir():
             return 0, 0
         entries = self.entries()
         for p in self.root.iterdir():
-            if p.suffix in (".bin", ".json", ".tmp"):
+            if p.suffix in (".bin", ".json"):
                 try:
                     p.unlink()
                 except OSError:
                     pass
+        remove_stale_temps_in(self.root)
         return len(entries), sum(e[1] for e in entries)
 
 

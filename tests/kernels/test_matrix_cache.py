@@ -110,6 +110,20 @@ def test_disabled_and_cleared(cache, monkeypatch):
     assert not list(cache.iterdir())
 
 
+def test_clear_spares_a_live_writers_temporary_file(cache):
+    """A killed writer's temp file goes; one a live writer holds locked (mid-write) stays."""
+    import fcntl
+
+    cache.mkdir(parents=True, exist_ok=True)
+    dead, live = cache / ".m.bin.deadbeef.tmp", cache / ".m.bin.l1vew1te.tmp"
+    dead.write_bytes(b"x")
+    live.write_bytes(b"y")
+    with open(live, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # what atomic_write_bytes holds until its rename
+        MatrixCache().clear()
+        assert sorted(p.name for p in cache.iterdir()) == [live.name]
+
+
 def test_cli_cache_listing_and_clear(cache, capsys):
     import json
 
