@@ -61,7 +61,7 @@ report: install
 
 demo: install
 	$(OTL) engines --model mobilenet_v2 --weights random --precision fp32 --input-size 64 --out builds/demo-fp32
-	$(OTL) fit --build builds/demo-fp32 --n-components 2000 --out builds/demo-model.npz
+	$(OTL) fit --build builds/demo-fp32 --out builds/demo-model.npz
 	$(OTL) evaluate --model builds/demo-model.npz
 
 test: install

@@ -31,17 +31,37 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.bench_selection import CLOTHING, _torch_home, draw  # noqa: E402
 
 def _default():
-    from engine.backbones import DEFAULT_POOL
-    from kernels.encode import DEFAULT_SPEC
+    """(resize, pool, encoder, projection, input size): what otl uses when nothing is said (README)."""
+    from engine.backbones import DEFAULT_POOL, default_input_size
+    from engine.train import DEFAULT_PROJECTION, default_encoder
 
-    return ("crop", DEFAULT_POOL, DEFAULT_SPEC)  # what otl uses when nothing is said (README)
+    return ("crop", DEFAULT_POOL, default_encoder(DEFAULT_PROJECTION), DEFAULT_PROJECTION, default_input_size(224))
+
+
+def is_default(r: dict) -> bool:
+    return (r["resize"], r["pool"], r["encoder"], r["projection"], r.get("input_size", 224)) == DEFAULT
 
 
 DEFAULT = _default()
 
 
-def recipes(components):
-    """(name, resize, pool, encoder, projection, K) for every recipe the bench compares."""
+def recipes(components, group="all"):
+    """(name, resize, pool, encoder, projection, K, input size) for every recipe the bench compares.
+    group "224": the recipes at the weights' 224 crop; "288": the larger input (a 9x9 map); "all": both."""
+    out = []
+    if group in ("all", "288"):
+        for pool in ("avg2", "avg3"):
+            out.append((f"288, {pool} floats, ridge without projection", "crop", pool, "none", "none", None, 288))
+            for k in components:
+                out.append((f"288, {pool}, threshold:median", "crop", pool, "threshold:median", "sim", k, 288))
+        out.append(("288, avg3, thresholds:2", "crop", "avg3", "thresholds:2", "sim", max(components), 288))
+    if group == "288":
+        return out
+    out += [r + (224,) for r in _recipes_224(components)]
+    return out
+
+
+def _recipes_224(components):
     out = []
     for k in components:
         out.append(("full map, sign (otl's old recipe)", "crop", "none", "sign", "sim", k))
@@ -67,18 +87,19 @@ def adaptive_avg(maps: np.ndarray, n: int) -> np.ndarray:
     return out.reshape(rows, -1)
 
 
-def featurize(resize: str, root: Path, threads: int) -> dict:
-    """Float16 full-map store for one preprocessing, built once; returns arrays and timing."""
+def featurize(resize: str, root: Path, threads: int, size: int = 224) -> dict:
+    """Float16 full-map store for one preprocessing and input size, built once; returns arrays and timing."""
     from engine.build import BuildConfig, make_build
     from engine.data import load_splits
     from engine.featurize import Featurizer
     from engine.build_folder import Build
     from engine.store import FeatureStore, write_store
 
-    res = make_build(BuildConfig(model="mobilenet_v2", weights="imagenet", precision="fp32", resize=resize,
-                                    backend="onnxruntime", out=str(root / f"engine-{resize}"), threads=threads))
+    res = make_build(BuildConfig(model="mobilenet_v2", weights="imagenet", precision="fp32", resize=resize, input_size=size, pool="none",
+                                    backend="onnxruntime", out=str(root / f"engine-{resize}{_tag(size)}"),
+                                    threads=threads))
     eng = Build(res["build_dir"], threads=threads)
-    store, meta = root / f"store-{resize}", root / f"store-{resize}.timing.json"
+    store, meta = root / f"store-{resize}{_tag(size)}", root / f"store-{resize}{_tag(size)}.timing.json"
     if not (store / "manifest.json").exists() or FeatureStore(store).build_info.get("key") != eng.key:
         sp = load_splits(str(CLOTHING), eng.preprocess)
         t0 = time.perf_counter()
@@ -94,11 +115,16 @@ def featurize(resize: str, root: Path, threads: int) -> dict:
             "seconds_per_image": timing["seconds"] / timing["images"]}
 
 
-def pooled(maps_flat: np.ndarray, pool: str) -> np.ndarray:
+def _tag(size: int) -> str:
+    return "" if size == 224 else f"-{size}"
+
+
+def pooled(maps_flat: np.ndarray, pool: str, size: int = 224) -> np.ndarray:
     if pool == "none":
         return maps_flat
     n = 1 if pool == "avg" else int(pool[3:])
-    return adaptive_avg(maps_flat.reshape(len(maps_flat), 1280, 7, 7), n)
+    side = size // 32  # MobileNetV2's map: 7x7 at 224, 9x9 at 288
+    return adaptive_avg(maps_flat.reshape(len(maps_flat), 1280, side, side), n)
 
 
 def fit_score(X, y, Xt, yt, enc, projection, k, seed):
@@ -121,6 +147,8 @@ def main() -> int:
     ap.add_argument("--draws", type=int, default=3)
     ap.add_argument("--components", default="2000,4000,8000")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--group", default="all", choices=("all", "224", "288"),
+                    help="recipes at the 224 crop, at the 288 input, or both")
     ap.add_argument("--work", default="/tmp/otl-bench-recipes", help="engines and float stores (reused)")
     ap.add_argument("--backprop", default=None, help="bench_backprop.py --json output to compare with")
     ap.add_argument("--json", default=None, help="write every result here")
@@ -138,36 +166,40 @@ def main() -> int:
     root = Path(a.work)
     root.mkdir(parents=True, exist_ok=True)
     comps = [int(c) for c in a.components.split(",")]
-    data = {r: featurize(r, root, a.threads) for r in ("crop", "squash")}
-    per_image = data["crop"]["seconds_per_image"]
-    print(f"featurization (MobileNetV2 fp32, ONNX Runtime CPU, {os.cpu_count()} cores): "
-          f"{per_image * 1e3:.1f} ms/image, the same for every recipe")
+    todo = recipes(comps, a.group)
+    data = {(r, z): featurize(r, root, a.threads, z) for r, z in sorted({(t[1], t[6]) for t in todo})}
+    per_image = {z: d["seconds_per_image"] for (r, z), d in data.items() if r == "crop"}
+    for z, s in sorted(per_image.items()):
+        print(f"featurization at {z}: {s * 1e3:.1f} ms/image")
     sizes = [None if s == "full" else int(s) for s in a.sizes.split(",")]
     results = []
     for size in sizes:
         label = "full" if size is None else f"{size}/class"
         draws = range(a.draws)
-        idx = {d: draw(data["crop"]["ytrain"], size, seed=d) for d in draws}
-        print(f"\n== {label}: {len(idx[0])} training rows, {len(data['crop']['ytest'])} test images, {a.draws} draws")
+        y0 = next(iter(data.values()))["ytrain"]  # the same files and order at every size and resize
+        idx = {d: draw(y0, size, seed=d) for d in draws}
+        print(f"\n== {label}: {len(idx[0])} training rows, {len(next(iter(data.values()))['ytest'])} test images, "
+              f"{a.draws} draws")
         print(f"  {'recipe':<44} {'K':>6} {'accuracy %':>14} {'fit s':>7}")
-        for name, resize, pool, enc, proj, k in recipes(comps):
-            d0 = data[resize]
-            Xt = pooled(d0["test"], pool)
+        for name, resize, pool, enc, proj, k, isz in todo:
+            d0 = data[(resize, isz)]
+            Xt = pooled(d0["test"], pool, isz)
             accs, secs = [], []
             for d in draws:
-                X = pooled(d0["train"][idx[d]], pool)
+                X = pooled(d0["train"][idx[d]], pool, isz)
                 acc, s = fit_score(X, d0["ytrain"][idx[d]], Xt, d0["ytest"], enc, proj, k, seed=d)
                 accs.append(100 * acc)
                 secs.append(s)
             m, se = float(np.mean(accs)), float(np.std(accs, ddof=1) / np.sqrt(len(accs))) if len(accs) > 1 else 0.0
             results.append({"size": label, "rows": len(idx[0]), "recipe": name, "resize": resize, "pool": pool,
+                            "input_size": isz, "featurize_s_per_image": per_image.get(isz),
                             "encoder": enc, "projection": proj, "k": k, "accuracy": m, "se": se,
                             "fit_s": float(np.median(secs)), "accuracies": accs})
-            star = " <- default" if (resize, pool, enc) == DEFAULT and k == 4000 else ""
+            star = " <- default" if (resize, pool, enc, proj, isz) == DEFAULT else ""
             print(f"  {name:<44} {k or '-':>6} {m:>7.2f} +- {se:<4.2f} {np.median(secs):>7.2f}{star}", flush=True)
-    _summary(results, per_image, a.backprop)
     if a.json:
         Path(a.json).write_text(json.dumps({"results": results, "featurize_s_per_image": per_image}, indent=1))
+    _summary(results, per_image, a.backprop)
     return 0
 
 
@@ -181,17 +213,17 @@ def _summary(results, per_image, backprop_path) -> None:
     if not backprop_path:
         return
     bp = json.loads(Path(backprop_path).read_text())
-    print("\n== default recipe (crop, avg2, threshold:median, K=4000) vs backprop (best epoch)")
+    print(f"\n== default recipe ({', '.join(map(str, DEFAULT))}) vs backprop (best epoch)")
     ok = True
     for b in bp["results"]:
         if "best_accuracy" not in b:
             continue
-        mine = [r for r in results if r["size"] == b["size"] and (r["resize"], r["pool"], r["encoder"]) == DEFAULT
-                and r["k"] == 4000]
+        mine = [r for r in results if r["size"] == b["size"] and is_default(r)]
         if not mine:
             continue
         r = mine[0]
-        train_s = r["rows"] * per_image + r["fit_s"]
+        img_s = r.get("featurize_s_per_image") or (per_image if isinstance(per_image, float) else per_image["224"])
+        train_s = r["rows"] * img_s + r["fit_s"]
         gap, speed = r["accuracy"] - b["best_accuracy"], b["best_epoch_seconds"] / train_s
         ok &= gap >= -1.0 and speed >= 10
         print(f"  {b['size']:>9}: otl {r['accuracy']:.2f} +- {r['se']:.2f} in {train_s:.1f} s (featurize + fit); "

@@ -37,7 +37,7 @@ class BuildConfig:
     seed: int = 0
     precision: str = "fp32"
     backend: str = "auto"
-    input_size: int | None = None  # None: the weights' preprocessing crop size
+    input_size: int | None = None  # None: 9/7 of the weights' crop, in steps of 32 (288 for 224: default_input_size)
     pool: str | None = None  # none | avg | avgN: pooling at the cut, in the ONNX graph; None: avg2 (avg on maps < 2x2)
     resize: str = "crop"  # crop (torchvision's weights transforms) | squash (the reference's Resize((s, s)))
     out: str | None = None  # None: builds/<model>-<cut>[-recipe]-<weights>-<precision> (default_out)
@@ -115,7 +115,7 @@ def resolve_recipe(cfg: BuildConfig) -> Recipe:
     backbones.check_weights_spec(cfg.weights)
     preprocess = backbones.preprocess_for(cfg.model, cfg.weights)
     wid = backbones.weights_id(cfg.weights, cfg.seed, cfg.model)
-    size = cfg.input_size or preprocess.crop_size
+    size = cfg.input_size or backbones.default_input_size(preprocess.crop_size)
     if size != preprocess.crop_size:  # keep the weights' resize/crop ratio (256/224 for ImageNet)
         ratio = preprocess.resize_size / preprocess.crop_size
         preprocess = dataclasses.replace(preprocess, crop_size=size, resize_size=int(round(size * ratio)))
@@ -185,7 +185,7 @@ def _build_into(cfg: BuildConfig, r: Recipe, backend: str, calib, parts: dict, t
     manifest = {
         "kind": "otl-engine", "key": sha256_json(parts), "key_parts": parts,
         "model": cfg.model, "cut": {"name": r.cut, "features": _n_features(module, r.input_size), "pool": r.pool},
-        "recipe": {"pool": r.pool, "resize": r.preprocess.resize},
+        "recipe": {"pool": r.pool, "resize": r.preprocess.resize, "input_size": r.input_size},
         "weights": {"spec": cfg.weights, "id": r.weights_id}, "seed": cfg.seed, "precision": cfg.precision,
         "backend": backend, "emulated": emulated(backend, cfg.precision),
         "artifact": str(artifact.relative_to(r.out)),

@@ -60,7 +60,7 @@ class FeaturizeConfig:
     build_config: object = None  # engine.build.BuildConfig, used when build is None (default: BuildConfig())
     backend: str = "auto"  # run the build on this backend (auto: the one it was built for)
     data: str | None = None  # None: embedded digits
-    format: str = "bits"  # bits (packed, after `encode`) | float16 | float32
+    format: str = "float16"  # float16 (what the default ridge on the features needs; re-encodable) | bits | float32
     encode: str = DEFAULT_SPEC
     test_fraction: float = 0.2
     validation_fraction: float = 0.0

@@ -20,8 +20,17 @@ from engine.timing import Timings, timed_items
 from kernels.encode import DEFAULT_SPEC
 
 HOLDOUT_FRACTION = 0.1  # --select holdout without validation/ carves this much of train
-# The encoder when --encode is not given (a bit store: the one it was written with).
+# The default recipe, chosen by bench/bench_recipes.py on the clothing photos (docs/benchmarks.md):
+# ridge on the pooled float features, no projection (the linear probe). With an optical projection
+# (--projection sim | lightonml) the features are binarized first, by DEFAULT_ENCODE unless --encode
+# says otherwise; a bit store always trains with the encoder it was written with.
+DEFAULT_PROJECTION = "none"
 DEFAULT_ENCODE = DEFAULT_SPEC
+
+
+def default_encoder(projection: str) -> str:
+    """The encoder when --encode is not given: floats for ridge on the features, bits for a projection."""
+    return "none" if projection == "none" else DEFAULT_ENCODE
 
 
 @dataclass
@@ -30,12 +39,12 @@ class FitConfig:
     features: str | None = None  # or a feature store (featurize once, fit many)
     data: str | None = None  # None: embedded digits
     n_components: int = 4000
-    encode: str | None = None  # None: DEFAULT_ENCODE, or the encoder a bit store was written with
+    encode: str | None = None  # None: default_encoder(projection), or the encoder a bit store was written with
     alphas: str | tuple = "auto"  # "auto": relative to tr(G)/k, widened at its edges; "reference"; numbers
     select: str = "auto"  # auto | loo | kfold | holdout (see kernels/selection.py)
     folds: int = 5
     refit_validation: bool = True  # the final model also learns from the validation rows
-    projection: str = "sim"
+    projection: str = DEFAULT_PROJECTION  # none (ridge on the features) | sim | lightonml
     seed: int = 0
     fit_intercept: bool = True
     matrix_dtype: str = "int8"
@@ -61,7 +70,7 @@ def fit(cfg: FitConfig) -> tuple[TransferClassifier, dict]:
 
     t0 = time.perf_counter()
     _check_numbers(cfg)
-    encoder = parse_encoder(cfg.encode or DEFAULT_ENCODE)
+    encoder = parse_encoder(cfg.encode or default_encoder(cfg.projection))
     store = None
     if cfg.features:
         from engine.store import FeatureStore
@@ -123,8 +132,8 @@ def recipe(build_info: dict | None, clf: TransferClassifier, cfg: FitConfig) -> 
     """What the features went through, from image to ridge: the build's half and the fit's."""
     eng = build_info or {}
     made = eng.get("recipe") or {"pool": "none", "resize": "crop"}
-    return {"model": eng.get("model"), "cut": eng.get("cut"), "pool": made.get("pool"), "resize": made.get("resize"),
-            "precision": eng.get("precision"), "encoder": clf.encoder_.spec,
+    return {"model": eng.get("model"), "cut": eng.get("cut"), "input_size": made.get("input_size"),
+            "pool": made.get("pool"), "resize": made.get("resize"), "precision": eng.get("precision"), "encoder": clf.encoder_.spec,
             "encoder_stats": clf.encoder_.stats_, "projection": cfg.projection,
             "n_components": cfg.n_components if cfg.projection != "none" else None}
 

@@ -8,15 +8,17 @@ import re
 from engine.backbones.registry import BackboneError
 
 POOL_HELP = "none (the full C x H x W map, the reference) | avg (global average: C) | avgN (N x N adaptive average: C*N*N)"
-# The default recipe's pooling, chosen by bench/bench_recipes.py (docs/benchmarks.md): a 2 x 2
-# average, or the global average on maps smaller than 2 x 2.
-DEFAULT_POOL = "avg2"
+# The default recipe's pooling, chosen by bench/bench_recipes.py (docs/benchmarks.md): a 3 x 3
+# average (on the 9 x 9 map of the default 288 input: bins of 3 x 3 pixels), or the largest N x N
+# average the map allows (avg2, avg) on smaller maps.
+DEFAULT_POOL = "avg3"
 
 
 def default_pool(shape) -> str:
-    """DEFAULT_POOL, or "avg" when the (C, H, W) map is too small for it."""
-    n = pool_grid(DEFAULT_POOL)
-    return DEFAULT_POOL if len(shape) == 3 and min(shape[1:]) >= n else "avg"
+    """DEFAULT_POOL, or the largest smaller N x N average a (C, H, W) map allows ("avg" below 2 x 2)."""
+    side = min(shape[1:]) if len(shape) == 3 else 1
+    n = min(pool_grid(DEFAULT_POOL), side)
+    return "avg" if n <= 1 else f"avg{n}"
 
 
 def pool_grid(pool: str) -> int:

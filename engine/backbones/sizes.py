@@ -105,3 +105,16 @@ def _machine_memory() -> int | None:
     except ImportError:
         return None
     return int(psutil.virtual_memory().total)
+
+
+# The default recipe's input: 9/7 of the weights' crop, in steps of 32 (288 for ImageNet's 224): a 9 x 9
+# map at the stride-32 cuts instead of 7 x 7. A frozen backbone trained on random-resized crops sees
+# objects larger at training than in a center crop of the same size, so its features transfer
+# better at a somewhat larger input ("FixRes", Touvron et al. 2019). Chosen by bench/bench_recipes.py
+# on the clothing photos (docs/benchmarks.md); --input-size overrides it.
+DEFAULT_INPUT_SCALE = 9 / 7
+
+
+def default_input_size(crop_size: int) -> int:
+    """The default input size for weights whose preprocessing crops `crop_size` (224 -> 288)."""
+    return max(32, 32 * round(crop_size * DEFAULT_INPUT_SCALE / 32))

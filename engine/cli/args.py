@@ -49,9 +49,9 @@ def build_args(p: argparse.ArgumentParser, runs_builds: bool = False) -> None:
     g.add_argument("--weights", default="imagenet", help="imagenet (default) | random | PATH to a state_dict")
     g.add_argument("--precision", default="fp32", help=f"{' | '.join(PRECISIONS)} (default fp32)")
     g.add_argument("--input-size", type=integer(MIN_INPUT_SIZE), default=None,
-        help="square input size (default: the weights' crop size)")
+        help="square input size (default: 9/7 of the weights' crop, 288 for ImageNet's 224; the reference: 224)")
     g.add_argument("--pool", default=None, help=f"pooling at the cut, inside the build's graph: {POOL_HELP}; default "
-                                                 f"{DEFAULT_POOL} (avg on maps smaller than 2x2; the reference: none)")
+                                                 f"{DEFAULT_POOL} (avg2 or avg on maps smaller than 3x3; the reference: none)")
     g.add_argument("--resize", default="crop", choices=("crop", "squash"),
                    help="crop: shorter side + center crop (torchvision's weights transforms); "
                         "squash: the whole image resized to a square (the reference's); default crop")

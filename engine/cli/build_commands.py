@@ -11,21 +11,21 @@ from engine.cli.args import (EMULATION_NOTE, build_args, build_config, build_fol
 def add_cuts(sub) -> None:
     c = sub.add_parser("cuts", help="list the valid cuts of a model with output shapes")
     c.add_argument("model", help="backbone (see `otl engines --help` for the list)")
-    c.add_argument("--input-size", type=integer(MIN_INPUT_SIZE), default=None, help="square input size (default 224)")
+    c.add_argument("--input-size", type=integer(MIN_INPUT_SIZE), default=None, help="square input size (default 288, what `otl engines` uses for 224-crop weights)")
     c.add_argument("--pool", default=None, help="feature counts after this pooling: none | avg | avgN "
-                                                "(default: what `otl engines` uses, avg2 or avg on small maps)")
+                                                "(default: what `otl engines` uses, avg3, or avg2 / avg on small maps)")
     c.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout (default off)")
     c.set_defaults(func=run_cuts)
 
 
 def run_cuts(a) -> dict:
-    from engine.backbones import list_cuts
+    from engine.backbones import default_input_size, list_cuts
 
-    size = a.input_size or 224
+    size = a.input_size or default_input_size(224)  # every registered model's weights crop 224
     rows = list_cuts(a.model, size, a.pool)
     if not a.json:
         print(f"{a.model}: {len(rows)} cuts at {size}x{size}, "
-              f"pool {a.pool or 'default (avg2, avg on maps < 2x2)'} (* = default cut)")
+              f"pool {a.pool or 'default (avg3; avg2 / avg on maps < 3x3)'} (* = default cut)")
         for r in rows:
             shape = "x".join(map(str, r["shape"]))
             n = f"{r['features']:>10,} features" if r["features"] is not None else f"  (map too small for {a.pool})"
@@ -86,7 +86,9 @@ def add_featurize(sub) -> None:
     data_args(f)
     output_args(f)
     f.add_argument("--out", required=True, help="feature store folder to write")
-    f.add_argument("--format", default="bits", help="bits (default: packed, after --encode) | float16 | float32")
+    f.add_argument("--format", default="float16",
+                   help="float16 (default: what `otl fit` trains on by default, and any encoder can read) | "
+                        "bits (packed, after --encode: 16x smaller, for the optical projection only) | float32")
     f.add_argument("--encode", default=DEFAULT_SPEC,
                    help="bits format: sign | threshold:T | threshold:median | thresholds:Q (fitted encoders learn "
                         f"their thresholds on train; default {DEFAULT_SPEC}; the reference: sign)")

@@ -15,10 +15,12 @@ def add_fit(sub) -> None:
     data_args(f)
     runner_args(f)
     output_args(f)
-    f.add_argument("--n-components", type=integer(1), default=4000, help="optical random features (default 4000)")
+    f.add_argument("--n-components", type=integer(1), default=None,
+                   help="optical random features, with --projection sim or lightonml (default 4000 there)")
     f.add_argument("--encode", default=None,
-                   help="sign | threshold:T | threshold:median | thresholds:Q | none (with --projection none); "
-                        "default: threshold:median, or a bit store's own encoder (the reference: sign)")
+                   help="none (floats: only with --projection none) | sign | threshold:T | threshold:median | "
+                        "thresholds:Q; default: none with --projection none, threshold:median with a projection, "
+                        "or a bit store's own encoder (the reference: sign)")
     f.add_argument("--alphas", default="auto",
                    help="ridge alphas: auto (default: 25 values, 1e-6..1e2 x tr(G)/k, widened when the best is "
                         "on an edge) | reference (the reference's 15 values, 1e3..9e5) | comma-separated numbers")
@@ -29,8 +31,10 @@ def add_fit(sub) -> None:
     f.add_argument("--folds", type=integer(2), default=5, help="K for --select kfold (default 5)")
     f.add_argument("--no-refit-validation", action="store_true",
                    help="fit the final model on train only (default: train + validation rows)")
-    f.add_argument("--projection", default="sim",
-                   help="sim (default: our simulation) | lightonml (an OPU, or lightonml's simulator) | none")
+    f.add_argument("--projection", default="none",
+                   help="none (default: ridge on the pooled features, the most accurate recipe measured on a "
+                        "CPU) | sim (the optical random projection, our simulation) | lightonml (an OPU, or "
+                        "lightonml's simulator); the reference: sim or lightonml with --encode sign")
     f.add_argument("--matrix-dtype", default="int8",
                    help="sim: storage of R: int8 (default: a Gaussian on a sigma/16 grid, exact int32 GEMM on "
                         "0/1 inputs) | bfloat16 | float16 | float32")
@@ -44,7 +48,11 @@ def add_fit(sub) -> None:
 def run_fit(a: argparse.Namespace) -> dict:
     from engine.train import FitConfig, fit
 
-    cfg = FitConfig(build=a.build, features=a.features, data=a.data, n_components=a.n_components,
+    if a.n_components is not None and a.projection == "none":
+        raise ValueError(f"--n-components {a.n_components} counts optical components, but the projection is none "
+                         "(the default: ridge on the features themselves); add --projection sim (or lightonml) "
+                         "to project, or drop --n-components")
+    cfg = FitConfig(build=a.build, features=a.features, data=a.data, n_components=a.n_components or 4000,
                     encode=a.encode, alphas=parse_alphas(a.alphas), select=a.select, folds=a.folds,
                     refit_validation=not a.no_refit_validation, projection=a.projection, seed=a.seed,
                     fit_intercept=not a.no_intercept, matrix_dtype=a.matrix_dtype, camera_bits=a.camera_bits,
@@ -64,9 +72,11 @@ def _print_fit(res: dict, out) -> None:
         sel.get("method"), sel.get("method", "given") + " on train")
     rows = f"{res['n_train']} train" + (f" + {res['n_validation']} validation" if res["n_final"] > res["n_train"] else "")
     print(f"trained on {res['n_final']} images ({rows}), {len(res['classes'])} classes, "
-          f"{res['n_components'] or 'no'} optical components")
+          + (f"{res['n_components']} optical components" if res["n_components"] else
+             "ridge on the features (no projection)"))
     r = res["recipe"]
-    print(f"  recipe: {r['model']} {r['cut']} pool {r['pool']} resize {r['resize']} {r['precision']} -> "
+    size = f" input {r['input_size']}" if r.get("input_size") else ""
+    print(f"  recipe: {r['model']} {r['cut']}{size} pool {r['pool']} resize {r['resize']} {r['precision']} -> "
           f"encoder {r['encoder']} -> projection {r['projection']}")
     print(f"  alpha {res['alpha']:.4g} chosen by {how}"
           + (f" ({len(sel['alphas'])} alphas, {sel['n_scored']} rows scored)" if sel else ""))

@@ -120,8 +120,8 @@ def test_bad_parameters(bad, match):
 
 def test_fit_job_on_digits_engine_store_and_reload(tiny_engine, tmp_path):
     res, _ = tiny_engine
-    cfg = FitConfig(build=res["build_dir"], n_components=1000, out=str(tmp_path / "m.npz"), progress=False,
-                    workers=0)
+    cfg = FitConfig(build=res["build_dir"], n_components=1000, projection="sim", out=str(tmp_path / "m.npz"),
+                    progress=False, workers=0)
     clf, s = fit(cfg)
     for k in ("test_accuracy", "validation_accuracy", "alpha", "n_train", "n_components", "solver", "timings"):
         assert k in s
@@ -140,8 +140,8 @@ def test_fit_job_on_digits_engine_store_and_reload(tiny_engine, tmp_path):
     sp = load_splits(None, eng.preprocess)  # the fit's own split: no validation, LOO on train
     with Featurizer(eng, 64, workers=0, progress=False) as f:
         write_store(tmp_path / "store", f, {"train": sp.train, "validation": sp.validation, "test": sp.test},
-                    classes=sp.classes, source=sp.source)
-    _, s2 = fit(FitConfig(features=str(tmp_path / "store"), n_components=1000, progress=False))
+                    fmt="bits", classes=sp.classes, source=sp.source)
+    _, s2 = fit(FitConfig(features=str(tmp_path / "store"), n_components=1000, projection="sim", progress=False))
     assert s["select"] == s2["select"] == "loo" and s2["validation_source"] is None
     assert s2["test_accuracy"] == pytest.approx(s["test_accuracy"], abs=0.01)
     assert s2["alpha"] == pytest.approx(s["alpha"], rel=1e-6)
@@ -152,7 +152,7 @@ def test_model_refuses_another_engine(tiny_engine, tmp_path):
     from engine.build import BuildConfig, make_build
 
     res, _ = tiny_engine
-    fit(FitConfig(build=res["build_dir"], n_components=200, alphas=(1e3,), out=str(tmp_path / "m.npz"),
+    fit(FitConfig(build=res["build_dir"], n_components=200, projection="sim", alphas=(1e3,), out=str(tmp_path / "m.npz"),
                   progress=False, workers=0))
     other = make_build(BuildConfig(model="densenet121", cut="transition1", weights="random", seed=5,
                                       input_size=64, backend="onnxruntime", out=str(tmp_path / "other")))
@@ -167,7 +167,7 @@ def test_predict_files(tiny_engine, tmp_path):
     from engine.data import DigitsDataset, load_rgb
 
     res, _ = tiny_engine
-    fit(FitConfig(build=res["build_dir"], n_components=200, alphas=(1e3,), out=str(tmp_path / "m.npz"),
+    fit(FitConfig(build=res["build_dir"], n_components=200, projection="sim", alphas=(1e3,), out=str(tmp_path / "m.npz"),
                   progress=False, workers=0))
     images = [tmp_path / f"{i}.png" for i in range(6)] + [tmp_path / "red.png"]
     for path, pixels in zip(images[:6], DigitsDataset("test").images):  # 6 held-out digits
@@ -189,7 +189,7 @@ def test_cli_fit_json(tiny_engine, tmp_path, capsys):
     from engine.cli import main
 
     res, _ = tiny_engine
-    rc = main(["fit", "--engine", res["build_dir"], "--n-components", "300", "--alphas", "1e3,1e4",
+    rc = main(["fit", "--engine", res["build_dir"], "--n-components", "300", "--projection", "sim", "--alphas", "1e3,1e4",
                "--json", "--quiet", "--workers", "0"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)

@@ -248,7 +248,7 @@ def test_fit_json_counts_the_test_images(tiny_engine, tmp_path, capsys):
             for i in range(n):
                 Image.new("RGB", (40, 40), tuple(v + 9 * i for v in color)).save(tmp_path / split / c / f"{i}.png")
     res, _ = tiny_engine
-    assert cli.main(["fit", "--build", res["build_dir"], "--data", str(tmp_path), "--n-components", "64",
+    assert cli.main(["fit", "--build", res["build_dir"], "--data", str(tmp_path), "--n-components", "64", "--projection", "sim",
                      "--alphas", "1e3", "--json", "--quiet", "--workers", "0", "--threads", "1"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert (out["n_train"], out["n_test"]) == (12, 6) and out["test_accuracy"] is not None

@@ -29,7 +29,7 @@ def fitted(tiny_engine, tmp_path):
     res, _ = tiny_engine
     data = _photos(tmp_path / "photos")
     model = tmp_path / "m.npz"
-    _, s = fit(FitConfig(build=res["build_dir"], data=str(data), n_components=300, seed=3, test_fraction=0.25,
+    _, s = fit(FitConfig(build=res["build_dir"], data=str(data), n_components=300, projection="sim", seed=3, test_fraction=0.25,
                          out=str(model), progress=False, workers=0))
     return data, model, s
 
@@ -68,7 +68,7 @@ def test_validation_merged_into_the_model_is_training(tiny_engine, tmp_path):
     res, _ = tiny_engine
     data = _photos(tmp_path / "photos")
     model = tmp_path / "m.npz"
-    _, s = fit(FitConfig(build=res["build_dir"], data=str(data), n_components=300, validation_fraction=0.2,
+    _, s = fit(FitConfig(build=res["build_dir"], data=str(data), n_components=300, projection="sim", validation_fraction=0.2,
                          out=str(model), progress=False, workers=0))
     assert s["select"] == "holdout" and s["split"]["trained_on"] == ["train", "validation"]
     assert s["n_final"] == s["n_train"] + s["n_validation"]
@@ -101,7 +101,7 @@ def test_store_without_validation_fits_and_records_its_split(tiny_engine, tmp_pa
     assert main(["featurize", "--engine", res["build_dir"], "--data", str(data), "--out", str(store),
                  "--quiet", "--workers", "0", "--seed", "3", "--test-fraction", "0.25"]) == 0
     model = tmp_path / "m.npz"
-    _, s = fit(FitConfig(features=str(store), n_components=300, progress=False, out=str(model)))
+    _, s = fit(FitConfig(features=str(store), n_components=300, projection="sim", progress=False, out=str(model)))
     assert s["select"] == "loo" and s["split"]["seed"] == 3 and s["split"]["store"] == str(store)
     ev = evaluate(EvaluateConfig(model, workers=0, progress=False))  # through the engine, on the store's recorded split
     assert ev["split_checked"] and ev["accuracy"] == pytest.approx(s["test_accuracy"])
@@ -109,7 +109,7 @@ def test_store_without_validation_fits_and_records_its_split(tiny_engine, tmp_pa
     with pytest.raises(SplitMismatchError, match=r"changed since the fit"):
         evaluate(EvaluateConfig(model, workers=0, progress=False))
     _photos(data)  # restore it
-    direct = fit(FitConfig(build=res["build_dir"], data=str(data), n_components=300, seed=3, test_fraction=0.25,
+    direct = fit(FitConfig(build=res["build_dir"], data=str(data), n_components=300, projection="sim", seed=3, test_fraction=0.25,
                            progress=False, workers=0))[1]
     assert s["split"]["split_hashes"] == direct["split"]["split_hashes"]
     assert s["test_accuracy"] == pytest.approx(direct["test_accuracy"])
@@ -247,7 +247,7 @@ def test_moved_build_folder_suggests_build(tiny_engine, tmp_path, capsys):
     shutil.copytree(res["build_dir"], old)
     data = _photos(tmp_path / "photos", n_per_class=6)
     model = tmp_path / "m.npz"
-    _, s = fit(FitConfig(build=str(old), data=str(data), n_components=200, alphas=(1e3,), out=str(model),
+    _, s = fit(FitConfig(build=str(old), data=str(data), n_components=200, projection="sim", alphas=(1e3,), out=str(model),
                          progress=False, workers=0))
     old.rename(new)
     assert main(["evaluate", "--model", str(model), "--workers", "0", "--json"]) == 2
@@ -283,7 +283,7 @@ def test_fit_counts_the_images_it_skipped(tiny_engine, tmp_path, capsys):
     (data / "train" / "red" / "bad.png").write_bytes(b"not a png")  # dropped by the pass over train
     os.symlink("gone.png", data / "test" / "green" / "dangling.png")  # dropped by the scan
     with pytest.warns(UserWarning, match="skipped"):
-        _, s = fit(FitConfig(build=res["build_dir"], data=str(data), n_components=100, progress=False, workers=0))
+        _, s = fit(FitConfig(build=res["build_dir"], data=str(data), n_components=100, projection="sim", progress=False, workers=0))
     assert s["skipped_images"]["count"] == 2 and s["n_test"] == 6  # 3 classes x 2; the link is not an image
     assert sorted(p.split(":")[0].rsplit("/", 1)[1] for p in s["skipped_images"]["first"]) == ["bad.png", "dangling.png"]
     from engine.cli import main
@@ -294,5 +294,5 @@ def test_fit_counts_the_images_it_skipped(tiny_engine, tmp_path, capsys):
     with pytest.warns(UserWarning, match="skipped"):
         assert main(args + ["--quiet", "--json"]) == 0
     f = json.loads(capsys.readouterr().out)["skipped_images"]
-    _, s2 = fit(FitConfig(features=str(store), n_components=100, progress=False))
+    _, s2 = fit(FitConfig(features=str(store), n_components=100, projection="sim", progress=False))
     assert f == s["skipped_images"] and s2["skipped_images"] == f  # the folder's count, through the store

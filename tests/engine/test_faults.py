@@ -87,7 +87,7 @@ def good(tmp_path_factory) -> dict:
         "engines": _timed_run(root, "engines", *BUILD_ARGS, "--out", str(build))[1],
         "featurize": _timed_run(root, "featurize", "--build", str(build), "--out", str(store), "--workers", "0",
                                 "--threads", "1")[1],
-        "fit": _timed_run(root, "fit", "--features", str(store), "--n-components", "64", "--out", str(model))[1],
+        "fit": _timed_run(root, "fit", "--features", str(store), "--n-components", "64", "--projection", "sim", "--out", str(model))[1],
     }
     return {"root": root, "build": build, "features": _features(build), "store": store,
             "raw": np.array(FeatureStore(store).raw("train")), "model": model, "seconds": seconds}
@@ -161,7 +161,7 @@ def test_killed_featurize_runs_leave_the_previous_store(good, tmp_path):
 
 def test_killed_fits_leave_the_previous_model_file(good, tmp_path):
     target = _copy(good["model"], tmp_path / "models" / "m.npz")
-    args = ["fit", "--features", str(good["store"]), "--n-components", "64", "--seed", "1", "--out", str(target)]
+    args = ["fit", "--features", str(good["store"]), "--n-components", "64", "--projection", "sim", "--seed", "1", "--out", str(target)]
     for fraction in FRACTIONS:
         _kill_after(_start(tmp_path, *args), fraction * good["seconds"]["fit"])
         meta, arrays = load_npz(target)  # the previous file or the new one, never a torn one

@@ -111,7 +111,7 @@ def test_a_same_size_corrupt_store_is_refused_before_fitting(tiny_engine, tmp_pa
     bin_.write_bytes(bytes(255 - b for b in bin_.read_bytes()))  # same size, other bits
     with pytest.raises(ArtifactError, match=r"train.features.bin \(train.features.bin\) does not match the sha256"):
         FeatureStore(tmp_path / "s")
-    assert cli.main(["fit", "--features", str(tmp_path / "s"), "--n-components", "64", "--json", "--quiet"]) == 2
+    assert cli.main(["fit", "--features", str(tmp_path / "s"), "--n-components", "64", "--projection", "sim", "--json", "--quiet"]) == 2
     assert "does not match the sha256" in json.loads(capsys.readouterr().out)["error"]
     assert FeatureStore(tmp_path / "s", verify=False).rows("train") == 8  # sizes alone cannot tell
 
@@ -133,7 +133,7 @@ def test_a_store_manifest_naming_a_path_outside_its_folder_is_refused(tiny_engin
     (tmp_path / "s" / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(ArtifactError, match=r"names the path '\.\./t/train.*expected a path relative to the folder"):
         FeatureStore(tmp_path / "s")
-    assert cli.main(["fit", "--features", str(tmp_path / "s"), "--n-components", "64", "--json", "--quiet"]) == 2
+    assert cli.main(["fit", "--features", str(tmp_path / "s"), "--n-components", "64", "--projection", "sim", "--json", "--quiet"]) == 2
     assert "expected a path relative to the folder" in json.loads(capsys.readouterr().out)["error"]
 
 

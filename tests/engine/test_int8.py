@@ -124,7 +124,8 @@ def test_int8_mobilenet_imagenet_keeps_feature_signs(tmp_path, with_torch_home):
     issue's goal of >= 99 % sign agreement is NOT met on MobileNetV2: int8 weights alone, with fp32
     activations, already stop at 98.2-98.9 % (bench_int8_accuracy.py). These bounds keep it from
     getting worse."""
-    common = dict(model="mobilenet_v2", weights="imagenet", backend="onnxruntime", data=str(CLOTHING))
+    common = dict(model="mobilenet_v2", weights="imagenet", backend="onnxruntime", data=str(CLOTHING),
+                  input_size=224, pool="avg2")  # as when the bounds below were set
     f32 = make_build(BuildConfig(**common, precision="fp32", out=str(tmp_path / "f")))
     i8 = make_build(BuildConfig(**common, precision="int8", out=str(tmp_path / "i"), calibration_images=64,
                                    keep_fp32=0))
@@ -200,7 +201,7 @@ def test_int8_mobilenet_refinement_brings_features_closer(tmp_path, with_torch_h
     import onnx
 
     common = dict(model="mobilenet_v2", weights="imagenet", backend="onnxruntime", data=str(CLOTHING),
-                  calibration_images=64, threads=2)
+                  input_size=224, pool="avg2", calibration_images=64, threads=2)
     f32 = make_build(BuildConfig(**common, precision="fp32", out=str(tmp_path / "f")))
     base = make_build(BuildConfig(**common, precision="int8", out=str(tmp_path / "i")))
     ref = make_build(BuildConfig(**common, precision="int8", refine_images=32, out=str(tmp_path / "r")))

@@ -224,15 +224,15 @@ def test_bit_store_keeps_its_fitted_encoder_and_a_float_store_is_re_encoded(tiny
         bits.encoder("thresholds:4")
     with pytest.raises(ArtifactError, match="encoder statistics need a float16/float32 store"):
         bits.sample()
-    clf, summary = fit(FitConfig(features=str(tmp_path / "bits"), n_components=200))
+    clf, summary = fit(FitConfig(features=str(tmp_path / "bits"), n_components=200, projection="sim"))
     assert summary["encoder"] == "threshold:median"
     r = summary["recipe"]  # what otl fit --json shows
     assert (r["pool"], r["resize"], r["encoder"], r["n_components"]) == ("none", "crop", "threshold:median", 200)
     assert r["encoder_stats"]["exact"] and r["encoder_stats"]["rows_seen"] == 120
     np.testing.assert_array_equal(clf.encoder_.thresholds_, enc.thresholds_)  # predicts on images with these
     with pytest.raises(ValueError, match="bits cannot be re-encoded"):
-        fit(FitConfig(features=str(tmp_path / "bits"), n_components=200, encode="sign"))
-    clf, summary = fit(FitConfig(features=str(tmp_path / "f16"), n_components=200, encode="thresholds:4"))
+        fit(FitConfig(features=str(tmp_path / "bits"), n_components=200, projection="sim", encode="sign"))
+    clf, summary = fit(FitConfig(features=str(tmp_path / "f16"), n_components=200, projection="sim", encode="thresholds:4"))
     assert summary["encoder"] == "thresholds:4" and clf.encoder_.thresholds_.shape == (raw.shape[1], 4)
     np.testing.assert_allclose(clf.encoder_.thresholds_, np.quantile(raw, [0.2, 0.4, 0.6, 0.8], axis=0).T,
                                rtol=1e-6, atol=1e-6)
@@ -266,3 +266,55 @@ def test_squash_engine_records_its_preprocessing(tmp_path):
     eng = Build(res["build_dir"])
     assert eng.preprocess.resize == "squash" and read_manifest(tmp_path / "sq")["recipe"]["resize"] == "squash"
     assert res["recipe"] == {"pool": "none", "resize": "squash"}
+
+
+def test_default_recipe_input_and_pool():
+    """The default engine recipe (bench_recipes.py's winner): a 288 input for 224-crop weights, the
+    weights' resize ratio kept (torchvision's Resize(329) + CenterCrop(288)), and a 3 x 3 average,
+    falling back to the largest average a smaller map allows."""
+    import torchvision.transforms as T
+
+    from engine.build import resolve_recipe
+
+    r = resolve_recipe(BuildConfig(model="mobilenet_v2", weights="random"))
+    assert (r.input_size, r.preprocess.crop_size, r.preprocess.resize_size, r.pool) == (288, 288, 329, "avg3")
+    rows = {c["cut"]: c for c in list_cuts("mobilenet_v2", 288, None)}  # None: the default pool
+    assert tuple(rows["features.18"]["shape"]) == (1280, 9, 9) and rows["features.18"]["features"] == 11520
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8))
+    ref = T.Compose([T.Resize(329), T.CenterCrop(288), T.ToTensor(),
+                     T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])(img).numpy()
+    np.testing.assert_allclose(r.preprocess(img), ref, atol=1e-5)
+    # smaller maps: mobilenet_v2 at 64 gives 2x2 at the end, at 32 a 1x1 map
+    assert resolve_recipe(BuildConfig(model="mobilenet_v2", weights="random", input_size=64)).pool == "avg2"
+    assert resolve_recipe(BuildConfig(model="mobilenet_v2", weights="random", input_size=32)).pool == "avg"
+    assert resolve_recipe(BuildConfig(model="mobilenet_v2", weights="random", input_size=224)).pool == "avg3"
+
+
+def test_fit_default_is_ridge_on_the_features(tiny_engine, tmp_path, capsys):
+    """`otl fit` with nothing said: no projection, no encoder: sklearn's RidgeClassifier on the very
+    features the build gives, at the alpha it chose. --n-components without a projection is refused."""
+    from sklearn.linear_model import RidgeClassifier
+
+    from engine.cli import main
+    from engine.data import load_splits
+    from engine.featurize import Featurizer
+    from engine.train import FitConfig, fit
+
+    res, _ = tiny_engine
+    clf, s = fit(FitConfig(build=res["build_dir"], alphas=(2.0,), progress=False, workers=0))
+    r = s["recipe"]
+    assert (r["encoder"], r["projection"], r["n_components"], s["n_components"]) == ("none", "none", None, None)
+    eng = Build(res["build_dir"])
+    sp = load_splits(None, eng.preprocess)
+    with Featurizer(eng, 64, workers=0, progress=False) as f:
+        tr = [b for b in f.featurize(sp.train)]
+        te = [b for b in f.featurize(sp.test)]
+    X, y = np.concatenate([b[0] for b in tr]).astype(np.float64), np.concatenate([b[1] for b in tr])
+    Xt, yt = np.concatenate([b[0] for b in te]).astype(np.float64), np.concatenate([b[1] for b in te])
+    ref = RidgeClassifier(alpha=2.0).fit(X, y)
+    assert s["test_accuracy"] == pytest.approx(ref.score(Xt, yt), abs=1 / len(yt) + 1e-9)
+    index = {c: i for i, c in enumerate(clf.classes_)}  # the classifier names classes, the split numbers them
+    agree = np.mean(np.array([index[p] for p in clf.predict(Xt.astype(np.float32))]) == ref.predict(Xt))
+    assert agree >= 0.99, agree
+    assert main(["fit", "--build", res["build_dir"], "--n-components", "64", "--json", "--quiet"]) == 2
+    assert "counts optical components, but the projection is none" in capsys.readouterr().out
