@@ -286,13 +286,14 @@ def test_cli_errors_are_clear_and_json():
 
 
 def test_cli_cuts():
-    p = _otl("cuts", "densenet169", "--pool", "none", "--json")
+    p = _otl("cuts", "densenet169", "--pool", "none", "--input-size", "224", "--json")
     assert p.returncode == 0, p.stderr
     rows = {r["cut"]: r for r in json.loads(p.stdout)["cuts"]}
     assert rows["denseblock4.12"]["features"] == 50176  # the reference's full map, 1024 x 7 x 7
     assert rows["transition1"]["shape"] == [128, 28, 28] and rows["transition1"]["features"] == 128 * 28 * 28
     assert rows["denseblock4.12"]["default"] and sum(r["default"] for r in rows.values()) == 1
     p = _otl("cuts", "densenet169", "--json")
-    assert p.returncode == 0, p.stderr  # the default recipe: a 2 x 2 average, the global one on 1 x 1 maps
+    assert p.returncode == 0, p.stderr  # the default recipe: a 288 input and a 3 x 3 average
     rows = {r["cut"]: r for r in json.loads(p.stdout)["cuts"]}
-    assert rows["denseblock4.12"]["features"] == 1024 * 4 and rows["denseblock4.12"]["pool"] == "avg2"
+    assert rows["denseblock4.12"]["shape"] == [1024, 9, 9]
+    assert rows["denseblock4.12"]["features"] == 1024 * 9 and rows["denseblock4.12"]["pool"] == "avg3"
