@@ -95,9 +95,9 @@ def featurize(resize: str, root: Path, threads: int, size: int = 224) -> dict:
     from engine.build_folder import Build
     from engine.store import FeatureStore, write_store
 
-    res = make_build(BuildConfig(model="mobilenet_v2", weights="imagenet", precision="fp32", resize=resize, input_size=size, pool="none",
-                                    backend="onnxruntime", out=str(root / f"engine-{resize}{_tag(size)}"),
-                                    threads=threads))
+    res = make_build(BuildConfig(model="mobilenet_v2", weights="imagenet", precision="fp32", resize=resize,
+                                 input_size=size, pool="none", backend="onnxruntime",
+                                 out=str(root / f"engine-{resize}{_tag(size)}"), threads=threads))
     eng = Build(res["build_dir"], threads=threads)
     store, meta = root / f"store-{resize}{_tag(size)}", root / f"store-{resize}{_tag(size)}.timing.json"
     if not (store / "manifest.json").exists() or FeatureStore(store).build_info.get("key") != eng.key:

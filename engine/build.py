@@ -38,7 +38,7 @@ class BuildConfig:
     precision: str = "fp32"
     backend: str = "auto"
     input_size: int | None = None  # None: 9/7 of the weights' crop, in steps of 32 (288 for 224: default_input_size)
-    pool: str | None = None  # none | avg | avgN: pooling at the cut, in the ONNX graph; None: avg2 (avg on maps < 2x2)
+    pool: str | None = None  # none | avg | avgN: pooling at the cut, in the ONNX graph; None: avg3 (avg2 / avg on maps < 3x3)
     resize: str = "crop"  # crop (torchvision's weights transforms) | squash (the reference's Resize((s, s)))
     out: str | None = None  # None: builds/<model>-<cut>[-recipe]-<weights>-<precision> (default_out)
     data: str | None = None  # calibration images for int8 (None: embedded digits)

@@ -11,8 +11,8 @@ from engine.backbones.cuts import (Cut, Stage, apply_cut, build_cut, feature_ext
                                    resolve_cut, stages)
 from engine.backbones.pooling import DEFAULT_POOL, POOL_HELP, check_pool, default_pool, pool_grid, pooled_features
 from engine.backbones.registry import MODELS, BackboneError, BackboneInfo, model_info
-from engine.backbones.sizes import (DEFAULT_INPUT_SCALE, activation_bytes, check_memory, cut_map_shape,
-                                    default_input_size, smallest_input_size)
+from engine.backbones.sizes import (activation_bytes, check_memory, cut_map_shape, default_input_size,
+                                    smallest_input_size)
 from engine.backbones.weights import (build_torchvision, check_weights_spec, preprocess_for, torch_home_checkpoints,
                                       weights_enum, weights_id)
 
@@ -22,7 +22,6 @@ __all__ = [
     "weights_id",
     "Cut", "Stage", "apply_cut", "build_cut", "feature_extractor", "list_cuts", "resolve",
     "resolve_cut", "stages",
-    "DEFAULT_INPUT_SCALE", "activation_bytes", "check_memory", "cut_map_shape", "default_input_size",
-    "smallest_input_size",
+    "activation_bytes", "check_memory", "cut_map_shape", "default_input_size", "smallest_input_size",
     "DEFAULT_POOL", "POOL_HELP", "check_pool", "default_pool", "pool_grid", "pooled_features",
 ]

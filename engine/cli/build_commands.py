@@ -11,7 +11,8 @@ from engine.cli.args import (EMULATION_NOTE, build_args, build_config, build_fol
 def add_cuts(sub) -> None:
     c = sub.add_parser("cuts", help="list the valid cuts of a model with output shapes")
     c.add_argument("model", help="backbone (see `otl engines --help` for the list)")
-    c.add_argument("--input-size", type=integer(MIN_INPUT_SIZE), default=None, help="square input size (default 288, what `otl engines` uses for 224-crop weights)")
+    c.add_argument("--input-size", type=integer(MIN_INPUT_SIZE), default=None,
+                   help="square input size (default 288, what `otl engines` uses for 224-crop weights)")
     c.add_argument("--pool", default=None, help="feature counts after this pooling: none | avg | avgN "
                                                 "(default: what `otl engines` uses, avg3, or avg2 / avg on small maps)")
     c.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout (default off)")

@@ -31,7 +31,7 @@ def add_fit(sub) -> None:
     f.add_argument("--folds", type=integer(2), default=5, help="K for --select kfold (default 5)")
     f.add_argument("--no-refit-validation", action="store_true",
                    help="fit the final model on train only (default: train + validation rows)")
-    f.add_argument("--projection", default="none",
+    f.add_argument("--projection", default="none",  # engine.train.DEFAULT_PROJECTION (not imported: CLI start-up)
                    help="none (default: ridge on the pooled features, the most accurate recipe measured on a "
                         "CPU) | sim (the optical random projection, our simulation) | lightonml (an OPU, or "
                         "lightonml's simulator); the reference: sim or lightonml with --encode sign")
