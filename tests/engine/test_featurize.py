@@ -169,12 +169,12 @@ def test_cli_featurize_clothing_with_imagenet_weights(tmp_path, with_torch_home,
                "--json"])
     assert rc == 0
     store = FeatureStore(out)
-    # the default recipe: the 1280 x 7 x 7 map averaged over 2 x 2 overlapping bins, inside the engine
-    assert store.n_features == 1280 * 2 * 2 and store.classes == ["hat", "shoes", "shorts"]
+    # the default recipe: the 1280 x 9 x 9 map of the 288 input averaged over 3 x 3 bins, inside the engine
+    assert store.n_features == 1280 * 3 * 3 and store.classes == ["hat", "shoes", "shorts"]
     eng = Build(store.build_info["build_dir"])
-    assert eng.manifest["recipe"] == {"pool": "avg2", "resize": "crop"}
+    assert eng.manifest["recipe"] == {"pool": "avg3", "resize": "crop", "input_size": 288}
     splits = load_splits(data, eng.preprocess)
-    module, _ = build_cut("mobilenet_v2", None, "imagenet", pool="avg2")
+    module, _ = build_cut("mobilenet_v2", None, "imagenet", pool="avg3", input_size=288)
     xs = np.stack([splits.test[i][0] for i in range(len(splits.test))])
     with torch.no_grad():
         ref = module(torch.from_numpy(xs)).numpy()

@@ -38,7 +38,8 @@ def pooled_engine(tmp_path_factory):
 def test_pooling_in_the_graph_equals_torch_adaptive_avg_pool(pooled_engine):
     res = pooled_engine
     m = read_manifest(res["build_dir"])
-    assert m["recipe"] == {"pool": "avg3", "resize": "crop"} and m["key_parts"]["pool"] == "avg3"
+    assert m["recipe"] == {"pool": "avg3", "resize": "crop", "input_size": TINY["input_size"]}
+    assert m["key_parts"]["pool"] == "avg3"
     assert res["features"] == 128 * 3 * 3  # transition1 is 128 x 8 x 8 at 64 x 64: 3 x 3 bins overlap
     x = np.random.default_rng(0).standard_normal((5, 3, 64, 64), dtype=np.float32)
     ref = _pooled_torch(x, 3)
@@ -78,7 +79,7 @@ def test_pool_larger_than_the_map_says_what_is_possible(tmp_path):
         check_pool("avg9", "mobilenet_v2", "features.18", (1280, 7, 7), 224)
     out = tmp_path / "never"
     r = subprocess.run([sys.executable, "-m", "engine.cli", "engines", "--model", "mobilenet_v2", "--weights",
-                        "random", "--pool", "avg9", "--out", str(out), "--json"],
+                        "random", "--input-size", "224", "--pool", "avg9", "--out", str(out), "--json"],
                        cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 2, r.stderr
     err = json.loads(r.stdout)["error"]
@@ -265,7 +266,7 @@ def test_squash_engine_records_its_preprocessing(tmp_path):
                                     out=str(tmp_path / "sq")))
     eng = Build(res["build_dir"])
     assert eng.preprocess.resize == "squash" and read_manifest(tmp_path / "sq")["recipe"]["resize"] == "squash"
-    assert res["recipe"] == {"pool": "none", "resize": "squash"}
+    assert res["recipe"] == {"pool": "none", "resize": "squash", "input_size": TINY["input_size"]}
 
 
 def test_default_recipe_input_and_pool():
