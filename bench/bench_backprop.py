@@ -2,15 +2,19 @@
 
 MobileNetV2 ImageNet features + global average pool + Linear(1280, classes), every parameter
 trained with cross-entropy and Adam (lr 1e-4), batch 32, for 1..E epochs, on ../shared/data/clothing
-with otl's preprocessing (the weights' resize + center crop; images decoded once, kept in memory,
+with otl's preprocessing (the resize + center crop of otl's default build: 288 from 329 unless
+--input-size says otherwise, 224 being the weights' own; images decoded once, kept in memory,
 shuffled each epoch). Training sets of 10, 20, 50 images per class and the full train/ (3 seeded
 draws each, the same rows bench_recipes.py draws; `--sizes full:1,10:2` sets draws per size, since
 an epoch of the full set takes minutes on a CPU; `--full-epochs` likewise). Test accuracy (372
 images) after every epoch and the training time up to it (image decoding excluded, as it is from
-otl's fit time). Writes --json for bench_recipes.py --backprop.
+otl's fit time). With --validation, also the validation split's accuracy (341 images) after every
+epoch, and the test accuracy at the epoch validation picks: the best epoch by test accuracy is how
+the reference reports it, and is biased in backprop's favour by the choice. Writes --json for
+bench_recipes.py --backprop.
 
     python bench/bench_backprop.py [--sizes 10,20,50,full] [--draws 3] [--epochs 5] [--full-epochs 3]
-                                   [--json /tmp/backprop.json]
+                                   [--input-size 288] [--validation] [--json /tmp/backprop.json]
 """
 from __future__ import annotations
 
@@ -55,8 +59,8 @@ def accuracy(net, X, y, batch=64) -> float:
     return right / len(X)
 
 
-def train(X, y, Xt, yt, n_classes, epochs, seed):
-    """[(epoch, test accuracy, cumulative training seconds)]"""
+def train(X, y, Xt, yt, n_classes, epochs, seed, Xv=None, yv=None):
+    """[(epoch, test accuracy, cumulative training seconds, validation accuracy or None)]"""
     import torch
 
     net = model(n_classes, seed)
@@ -75,8 +79,11 @@ def train(X, y, Xt, yt, n_classes, epochs, seed):
             loss.backward()
             opt.step()
         spent += time.perf_counter() - t0
-        out.append((epoch, accuracy(net, Xt, yt), spent))
-        print(f"    epoch {epoch}: test {100 * out[-1][1]:.1f} % after {spent:.0f} s of training", flush=True)
+        val = None if Xv is None else accuracy(net, Xv, yv)
+        out.append((epoch, accuracy(net, Xt, yt), spent, val))
+        print(f"    epoch {epoch}: test {100 * out[-1][1]:.1f} %"
+              + ("" if val is None else f", validation {100 * val:.1f} %") + f" after {spent:.0f} s of training",
+              flush=True)
     return out
 
 
@@ -86,6 +93,9 @@ def main() -> int:
     ap.add_argument("--draws", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--full-epochs", type=int, default=3)
+    ap.add_argument("--input-size", type=int, default=None,
+                    help="crop size (default: otl's default build's, 288; 224 is the weights' own)")
+    ap.add_argument("--validation", action="store_true", help="score the validation split after every epoch too")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     if not CLOTHING.is_dir():
@@ -94,17 +104,25 @@ def main() -> int:
     os.environ["TORCH_HOME"] = _torch_home()
     import torch
 
-    from engine.backbones import preprocess_for
+    from engine.build import BuildConfig, resolve_recipe
     from engine.data import load_splits
 
     torch.set_num_threads(os.cpu_count() or 1)
-    pre = preprocess_for("mobilenet_v2", "imagenet")
+    # the preprocessing of the otl build these rows would be featurized by (input size, resize, crop)
+    pre = resolve_recipe(BuildConfig(model="mobilenet_v2", weights="imagenet", input_size=a.input_size)).preprocess
     sp = load_splits(str(CLOTHING), pre)
     ytr, yte = sp.train.labels, sp.test.labels
     t0 = time.perf_counter()
     Xte = load(sp.test.paths, pre)
-    print(f"backprop baseline: MobileNetV2 + GAP + linear, Adam lr 1e-4, batch 32, torch {torch.__version__} "
-          f"on {torch.get_num_threads()} CPU threads; test decoded in {time.perf_counter() - t0:.1f} s")
+    Xva = yva = None
+    if a.validation:
+        if sp.validation is None:
+            print(f"--validation: {CLOTHING} has no validation split")
+            return 2
+        Xva, yva = load(sp.validation.paths, pre), sp.validation.labels
+    print(f"backprop baseline: MobileNetV2 + GAP + linear, Adam lr 1e-4, batch 32, input {pre.crop_size} "
+          f"(resize {pre.resize_size}), torch {torch.__version__} on {torch.get_num_threads()} CPU threads; "
+          f"test{' and validation' if a.validation else ''} decoded in {time.perf_counter() - t0:.1f} s")
     results = []
     for spec in a.sizes.split(","):
         s, _, n = spec.partition(":")
@@ -116,18 +134,30 @@ def main() -> int:
         for d in range(n_draws):
             idx = draw(ytr, size, seed=d)
             X = load([sp.train.paths[i] for i in idx], pre)
-            curves.append(train(X, ytr[idx], Xte, yte, len(sp.classes), epochs, seed=d))
-            print(f"  {label} draw {d}: " + ", ".join(f"ep{e} {100 * acc:.1f}% ({t:.0f}s)" for e, acc, t in curves[-1]),
+            curves.append(train(X, ytr[idx], Xte, yte, len(sp.classes), epochs, seed=d, Xv=Xva, yv=yva))
+            print(f"  {label} draw {d}: "
+                  + ", ".join(f"ep{e} {100 * acc:.1f}% ({t:.0f}s)" for e, acc, t, _ in curves[-1]),
                   flush=True)
         acc = 100 * np.array([[c[1] for c in cur] for cur in curves])  # (draws, epochs)
         sec = np.array([[c[2] for c in cur] for cur in curves])
         mean = acc.mean(0)
         se = acc.std(0, ddof=1) / np.sqrt(len(acc)) if len(acc) > 1 else np.zeros_like(mean)
         best = int(np.argmax(mean))
-        results.append({"size": label, "rows": len(idx), "draws": n_draws, "accuracy": mean.tolist(),
-                        "se": se.tolist(), "seconds": np.median(sec, 0).tolist(), "best_epoch": best + 1,
-                        "best_accuracy": float(mean[best]), "best_se": float(se[best]),
-                        "best_epoch_seconds": float(np.median(sec[:, best]))})
+        row = {"size": label, "rows": len(idx), "draws": n_draws, "input_size": pre.crop_size,
+               "accuracy": mean.tolist(), "se": se.tolist(), "seconds": np.median(sec, 0).tolist(),
+               "best_epoch": best + 1, "best_accuracy": float(mean[best]), "best_se": float(se[best]),
+               "best_epoch_seconds": float(np.median(sec[:, best]))}
+        if a.validation:  # each draw's epoch picked by its validation accuracy (ties: the earlier), scored on test
+            val = 100 * np.array([[c[3] for c in cur] for cur in curves])
+            pick = val.argmax(1)
+            chosen = acc[np.arange(len(acc)), pick]
+            row.update(validation=val.mean(0).tolist(), validation_epochs=(pick + 1).tolist(),
+                       validation_pick_accuracy=float(chosen.mean()),
+                       validation_pick_se=float(chosen.std(ddof=1) / np.sqrt(len(chosen))) if len(chosen) > 1 else 0.0,
+                       validation_pick_seconds=float(np.median(sec[np.arange(len(sec)), pick])))
+            print(f"{label:>9}: validation picks epoch(s) {row['validation_epochs']}: test "
+                  f"{row['validation_pick_accuracy']:.2f}", flush=True)
+        results.append(row)
         print(f"{label:>9}: " + "  ".join(f"ep{e + 1} {m:.1f}+-{x:.1f} ({t:.0f}s)" for e, (m, x, t) in
                                            enumerate(zip(mean, se, np.median(sec, 0)))), flush=True)
         if a.json:  # after every size: a long run that is stopped keeps what it measured
