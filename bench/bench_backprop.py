@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.bench_selection import CLOTHING, _torch_home, draw  # noqa: E402
+from bench.bench_selection import CLOTHING, clothing_ready, draw  # noqa: E402
 
 
 def load(split_paths, preprocess):
@@ -98,10 +98,8 @@ def main() -> int:
     ap.add_argument("--validation", action="store_true", help="score the validation split after every epoch too")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
-    if not CLOTHING.is_dir():
-        print(f"skip: {CLOTHING} not found (the shared data set)")
+    if not clothing_ready():
         return 0
-    os.environ["TORCH_HOME"] = _torch_home()
     import torch
 
     from engine.build import BuildConfig, resolve_recipe

@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.bench_recipes import adaptive_avg  # noqa: E402
-from bench.bench_selection import CLOTHING, _torch_home, draw  # noqa: E402
+from bench.bench_selection import CLOTHING, clothing_ready, draw  # noqa: E402
 
 SPLITS = ("train", "validation", "test")
 
@@ -146,10 +146,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
-    if not CLOTHING.is_dir():
-        print(f"skip: {CLOTHING} not found (the shared data set)")
+    if not clothing_ready():
         return 0
-    os.environ["TORCH_HOME"] = _torch_home()
     warnings.simplefilter("ignore")
     data = maps(Path(a.work), a.threads)
     ytr = data["train"][1]

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.bench_selection import CLOTHING, _torch_home, draw  # noqa: E402
+from bench.bench_selection import CLOTHING, clothing_ready, draw  # noqa: E402
 
 def _default():
     """(resize, pool, encoder, projection, input size): what otl uses when nothing is said (README)."""
@@ -158,10 +158,8 @@ def main() -> int:
         old = json.loads(Path(a.results).read_text())
         _summary(old["results"], old["featurize_s_per_image"], a.backprop)
         return 0
-    if not CLOTHING.is_dir():
-        print(f"skip: {CLOTHING} not found (the shared data set)")
+    if not clothing_ready():
         return 0
-    os.environ["TORCH_HOME"] = _torch_home()
     os.environ.setdefault("OTL_CACHE_DIR", str(Path(a.work) / "matrix-cache"))
     root = Path(a.work)
     root.mkdir(parents=True, exist_ok=True)

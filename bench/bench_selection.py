@@ -38,6 +38,16 @@ def _torch_home() -> str:
     return str(home)
 
 
+def clothing_ready() -> bool:
+    """True, with $TORCH_HOME pointed at the shared MobileNetV2 weights, when the clothing photos are
+    here; else False, having said why (a bench without them skips, as the tests do)."""
+    if not CLOTHING.is_dir():
+        print(f"skip: {CLOTHING} not found (the shared data set)")
+        return False
+    os.environ["TORCH_HOME"] = _torch_home()
+    return True
+
+
 def features(build: Path, store: Path, threads: int):
     """(train bits, train labels, test bits, test labels, classes) from a bit store, built once."""
     from engine.build import BuildConfig, make_build
