@@ -31,38 +31,17 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.bench_recipes import adaptive_avg  # noqa: E402
-from bench.bench_selection import CLOTHING, clothing_ready, draw  # noqa: E402
+from bench.bench_recipes import adaptive_avg, featurize  # noqa: E402
+from bench.bench_selection import clothing_ready, draw  # noqa: E402
 
 SPLITS = ("train", "validation", "test")
 
 
 def maps(work: Path, threads: int) -> dict:
-    """The 288 full maps of all three splits, float16 store built once (reused by key)."""
-    from engine.build import BuildConfig, make_build
-    from engine.build_folder import Build
-    from engine.data import load_splits
-    from engine.featurize import Featurizer
-    from engine.store import FeatureStore, write_store
-
-    res = make_build(BuildConfig(model="mobilenet_v2", weights="imagenet", precision="fp32", pool="none",
-                                 backend="onnxruntime", out=str(work / "engine-crop-288"), threads=threads))
-    eng = Build(res["build_dir"], threads=threads)
-    store = work / "store-crop-288-three-splits"
-    if not (store / "manifest.json").exists() or FeatureStore(store).build_info.get("key") != eng.key:
-        sp = load_splits(str(CLOTHING), eng.preprocess)
-        if sp.validation is None:
-            raise SystemExit(f"{CLOTHING} has no validation split")
-        with Featurizer(eng, 32, progress=False) as f:
-            write_store(store, f, {s: getattr(sp, s) for s in SPLITS}, fmt="float16", classes=sp.classes,
-                        source=sp.source)
-    s = FeatureStore(store)
-    side = eng.preprocess.crop_size // 32  # MobileNetV2 halves 5 times
-    out = {}
-    for split in SPLITS:
-        x = np.concatenate([b for b, _ in s.iter_batches(split, 1024)]).astype(np.float32)
-        out[split] = (x.reshape(len(x), 1280, side, side), s.labels(split))
-    return out
+    """{split: (rows, 1280, 9, 9) float32 maps, labels} at the default 288 input (bench_recipes' store)."""
+    f = featurize("crop", work, threads, size=288, splits=SPLITS)
+    side = 288 // 32  # MobileNetV2's stride-32 map
+    return {s: (f[s].astype(np.float32).reshape(len(f[s]), 1280, side, side), f["y" + s]) for s in SPLITS}
 
 
 FEATURES = {

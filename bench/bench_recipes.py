@@ -87,8 +87,9 @@ def adaptive_avg(maps: np.ndarray, n: int) -> np.ndarray:
     return out.reshape(rows, -1)
 
 
-def featurize(resize: str, root: Path, threads: int, size: int = 224) -> dict:
-    """Float16 full-map store for one preprocessing and input size, built once; returns arrays and timing."""
+def featurize(resize: str, root: Path, threads: int, size: int = 224, splits=("train", "test")) -> dict:
+    """Float16 full-map store for one preprocessing, input size and set of splits, built once (reused by
+    the build's key); returns {split: maps, "y" + split: labels, "seconds_per_image": ...}."""
     from engine.build import BuildConfig, make_build
     from engine.data import load_splits
     from engine.featurize import Featurizer
@@ -99,20 +100,26 @@ def featurize(resize: str, root: Path, threads: int, size: int = 224) -> dict:
                                  input_size=size, pool="none", backend="onnxruntime",
                                  out=str(root / f"engine-{resize}{_tag(size)}"), threads=threads))
     eng = Build(res["build_dir"], threads=threads)
-    store, meta = root / f"store-{resize}{_tag(size)}", root / f"store-{resize}{_tag(size)}.timing.json"
+    name = f"store-{resize}{_tag(size)}" + ("" if tuple(splits) == ("train", "test") else "-" + "-".join(splits))
+    store, meta = root / name, root / f"{name}.timing.json"
     if not (store / "manifest.json").exists() or FeatureStore(store).build_info.get("key") != eng.key:
         sp = load_splits(str(CLOTHING), eng.preprocess)
+        parts = {split: getattr(sp, split) for split in splits}
+        missing = [split for split, ds in parts.items() if ds is None]
+        if missing:
+            raise SystemExit(f"{CLOTHING} has no {', '.join(missing)} split")
         t0 = time.perf_counter()
         with Featurizer(eng, 32, progress=False) as f:
-            write_store(store, f, {"train": sp.train, "test": sp.test}, fmt="float16", classes=sp.classes,
-                        source=sp.source)
-        n = len(sp.train) + len(sp.test)
+            write_store(store, f, parts, fmt="float16", classes=sp.classes, source=sp.source)
+        n = sum(len(ds) for ds in parts.values())
         meta.write_text(json.dumps({"seconds": time.perf_counter() - t0, "images": n}))
     s = FeatureStore(store)
-    read = lambda split: np.concatenate([b for b, _ in s.iter_batches(split, 1024)])  # noqa: E731
+    out = {}
+    for split in splits:
+        out[split] = np.concatenate([b for b, _ in s.iter_batches(split, 1024)])
+        out["y" + split] = s.labels(split)
     timing = json.loads(meta.read_text())
-    return {"train": read("train"), "ytrain": s.labels("train"), "test": read("test"), "ytest": s.labels("test"),
-            "seconds_per_image": timing["seconds"] / timing["images"]}
+    return {**out, "seconds_per_image": timing["seconds"] / timing["images"]}
 
 
 def _tag(size: int) -> str:

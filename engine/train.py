@@ -133,7 +133,8 @@ def recipe(build_info: dict | None, clf: TransferClassifier, cfg: FitConfig) -> 
     eng = build_info or {}
     made = eng.get("recipe") or {"pool": "none", "resize": "crop"}
     return {"model": eng.get("model"), "cut": eng.get("cut"), "input_size": made.get("input_size"),
-            "pool": made.get("pool"), "resize": made.get("resize"), "precision": eng.get("precision"), "encoder": clf.encoder_.spec,
+            "pool": made.get("pool"), "resize": made.get("resize"), "precision": eng.get("precision"),
+            "encoder": clf.encoder_.spec,
             "encoder_stats": clf.encoder_.stats_, "projection": cfg.projection,
             "n_components": cfg.n_components if cfg.projection != "none" else None}
 
