@@ -31,33 +31,41 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.bench_selection import CLOTHING, clothing_ready, draw  # noqa: E402
 
 def _default():
-    """(resize, pool, encoder, projection, input size): what otl uses when nothing is said (README)."""
+    """(resize, pool, encoder, projection, input size, head): what otl uses when nothing is said (README)."""
     from engine.backbones import DEFAULT_POOL, default_input_size
-    from engine.train import DEFAULT_PROJECTION, default_encoder
+    from engine.train import DEFAULT_PROJECTION, FitConfig, default_encoder
 
-    return ("crop", DEFAULT_POOL, default_encoder(DEFAULT_PROJECTION), DEFAULT_PROJECTION, default_input_size(224))
+    return ("crop", DEFAULT_POOL, default_encoder(DEFAULT_PROJECTION), DEFAULT_PROJECTION, default_input_size(224),
+            FitConfig.head)
 
 
-def is_default(r: dict) -> bool:
-    return (r["resize"], r["pool"], r["encoder"], r["projection"], r.get("input_size", 224)) == DEFAULT
+def is_default(r: dict) -> bool:  # results written before the logistic head were all ridge
+    return (r["resize"], r["pool"], r["encoder"], r["projection"], r.get("input_size", 224),
+            r.get("head", "ridge")) == DEFAULT
 
 
 DEFAULT = _default()
 
 
 def recipes(components, group="all"):
-    """(name, resize, pool, encoder, projection, K, input size) for every recipe the bench compares.
+    """(name, resize, pool, encoder, projection, K, input size, head) for every recipe the bench compares.
     group "224": the recipes at the weights' 224 crop; "288": the larger input (a 9x9 map); "all": both."""
     out = []
     if group in ("all", "288"):
+        out.append(("288, avg3 floats, auto head", "crop", "avg3", "none", "none", None, 288, "auto"))
+        out.append(("288, avg3 floats, logistic head", "crop", "avg3", "none", "none", None, 288, "logistic"))
+        out.append(("288, avg3, threshold:median, logistic head", "crop", "avg3", "threshold:median", "sim",
+                    max(components), 288, "logistic"))
         for pool in ("avg2", "avg3"):
-            out.append((f"288, {pool} floats, ridge without projection", "crop", pool, "none", "none", None, 288))
+            out.append((f"288, {pool} floats, ridge without projection", "crop", pool, "none", "none", None, 288,
+                        "ridge"))
             for k in components:
-                out.append((f"288, {pool}, threshold:median", "crop", pool, "threshold:median", "sim", k, 288))
-        out.append(("288, avg3, thresholds:2", "crop", "avg3", "thresholds:2", "sim", max(components), 288))
+                out.append((f"288, {pool}, threshold:median", "crop", pool, "threshold:median", "sim", k, 288,
+                            "ridge"))
+        out.append(("288, avg3, thresholds:2", "crop", "avg3", "thresholds:2", "sim", max(components), 288, "ridge"))
     if group == "288":
         return out
-    out += [r + (224,) for r in _recipes_224(components)]
+    out += [r + (224, "ridge") for r in _recipes_224(components)]
     return out
 
 
@@ -134,12 +142,12 @@ def pooled(maps_flat: np.ndarray, pool: str, size: int = 224) -> np.ndarray:
     return adaptive_avg(maps_flat.reshape(len(maps_flat), 1280, side, side), n)
 
 
-def fit_score(X, y, Xt, yt, enc, projection, k, seed):
+def fit_score(X, y, Xt, yt, enc, projection, k, seed, head="ridge"):
     import warnings
 
     from engine.classifier import TransferClassifier
 
-    clf = TransferClassifier(n_components=k or 1, encoder=enc, projection=projection, seed=seed)
+    clf = TransferClassifier(n_components=k or 1, encoder=enc, projection=projection, seed=seed, head=head)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -159,6 +167,7 @@ def main() -> int:
     ap.add_argument("--work", default="/tmp/otl-bench-recipes", help="engines and float stores (reused)")
     ap.add_argument("--backprop", default=None, help="bench_backprop.py --json output to compare with")
     ap.add_argument("--json", default=None, help="write every result here")
+    ap.add_argument("--only", default=None, help="run only the recipes whose name contains this")
     ap.add_argument("--results", default=None, help="print the summary of an earlier run's --json, measure nothing")
     a = ap.parse_args()
     if a.results:
@@ -171,7 +180,7 @@ def main() -> int:
     root = Path(a.work)
     root.mkdir(parents=True, exist_ok=True)
     comps = [int(c) for c in a.components.split(",")]
-    todo = recipes(comps, a.group)
+    todo = [r for r in recipes(comps, a.group) if not a.only or a.only in r[0]]
     data = {(r, z): featurize(r, root, a.threads, z) for r, z in sorted({(t[1], t[6]) for t in todo})}
     per_image = {z: d["seconds_per_image"] for (r, z), d in data.items() if r == "crop"}
     for z, s in sorted(per_image.items()):
@@ -186,21 +195,21 @@ def main() -> int:
         print(f"\n== {label}: {len(idx[0])} training rows, {len(next(iter(data.values()))['ytest'])} test images, "
               f"{a.draws} draws")
         print(f"  {'recipe':<44} {'K':>6} {'accuracy %':>14} {'fit s':>7}")
-        for name, resize, pool, enc, proj, k, isz in todo:
+        for name, resize, pool, enc, proj, k, isz, head in todo:
             d0 = data[(resize, isz)]
             Xt = pooled(d0["test"], pool, isz)
             accs, secs = [], []
             for d in draws:
                 X = pooled(d0["train"][idx[d]], pool, isz)
-                acc, s = fit_score(X, d0["ytrain"][idx[d]], Xt, d0["ytest"], enc, proj, k, seed=d)
+                acc, s = fit_score(X, d0["ytrain"][idx[d]], Xt, d0["ytest"], enc, proj, k, seed=d, head=head)
                 accs.append(100 * acc)
                 secs.append(s)
             m, se = float(np.mean(accs)), float(np.std(accs, ddof=1) / np.sqrt(len(accs))) if len(accs) > 1 else 0.0
             results.append({"size": label, "rows": len(idx[0]), "recipe": name, "resize": resize, "pool": pool,
                             "input_size": isz, "featurize_s_per_image": per_image.get(isz),
-                            "encoder": enc, "projection": proj, "k": k, "accuracy": m, "se": se,
+                            "encoder": enc, "projection": proj, "k": k, "head": head, "accuracy": m, "se": se,
                             "fit_s": float(np.median(secs)), "accuracies": accs})
-            star = " <- default" if (resize, pool, enc, proj, isz) == DEFAULT else ""
+            star = " <- default" if (resize, pool, enc, proj, isz, head) == DEFAULT else ""
             print(f"  {name:<44} {k or '-':>6} {m:>7.2f} +- {se:<4.2f} {np.median(secs):>7.2f}{star}", flush=True)
     if a.json:
         Path(a.json).write_text(json.dumps({"results": results, "featurize_s_per_image": per_image}, indent=1))

@@ -1,10 +1,13 @@
-"""TransferClassifier: binarize -> optical random features -> streaming ridge, scikit-learn style.
+"""TransferClassifier: binarize -> optical random features -> streaming ridge (or the logistic head),
+scikit-learn style.
 
     clf = TransferClassifier(n_components=4000).fit(X, y, X_val=Xv, y_val=yv)   # X: (n, F) features
     clf.predict(X_test); clf.score(X_test, y_test)
 
 `fit_stream` takes iterables of (features, labels) batches so a dataset never has to fit in memory:
-the only state that grows with the data is the (k, k) normal equations. Fitted attributes end in
+with the ridge head the only state that grows with the data is the (k, k) normal equations; the
+logistic head (head="logistic", or "auto" while they fit) keeps the projected rows, within the
+same budget as exact leave-one-out (engine/logistic_training.py). Fitted attributes end in
 `_`. `state()` / `from_state()` give and take (JSON-able metadata, arrays), everything needed to
 predict; engine/model_file.py writes them as one .npz file (no pickle).
 """
@@ -57,8 +60,9 @@ class TransferClassifier:
     def __init__(self, n_components: int = 4000, encoder: str = "sign", alphas="auto",
                  projection: str = "sim", seed: int = 0, fit_intercept: bool = True, solver: str = "auto",
                  matrix_dtype: str = "int8", camera_bits: int | None = None, select: str = "auto",
-                 folds: int = 5, refit_validation: bool = True):
+                 folds: int = 5, refit_validation: bool = True, head: str = "ridge"):
         self.n_components, self.encoder, self.alphas = n_components, encoder, alphas
+        self.head = head
         self.projection, self.seed, self.fit_intercept, self.solver = projection, seed, fit_intercept, solver
         self.matrix_dtype, self.camera_bits = matrix_dtype, camera_bits
         self.select, self.folds, self.refit_validation = select, folds, refit_validation
@@ -67,8 +71,10 @@ class TransferClassifier:
     # ------------------------------------------------------------------ feature path
     def _setup(self):
         from kernels.encode import parse_encoder
+        from engine.logistic_training import check_head
         from kernels.solvers import check_alphas
 
+        check_head(self.head)
         self.alphas_ = None if isinstance(self.alphas, str) else check_alphas(self.alphas)
         self._grid_or_none()  # validates a string grid name
         if int(self.folds) < 2:
@@ -161,7 +167,14 @@ class TransferClassifier:
         final model is then solved on every row: training plus validation when refit_validation.
         Raises ValueError for fewer than 2 classes or no training rows, SelectionError for
         select="holdout" without validation rows.
+
+        head: "ridge" as above; "logistic" keeps the rows and chooses alpha by K-fold on them (or
+        holdout, as above; "loo" is refused), MemoryError past the row budget; "auto" fits both
+        and keeps the one with the better held-out accuracy at its chosen alpha (ties: ridge),
+        ridge alone once the rows pass the budget, with select="loo", or with a given alpha grid
+        (numbers or "reference" are ridge's).
         """
+        from engine.logistic_training import LogisticTrainer, RowsDoNotFit
         from engine.ridge_training import RidgeTrainer
 
         self._setup()
@@ -169,27 +182,71 @@ class TransferClassifier:
         self.classes_ = list(classes)
         if len(self.classes_) < 2:
             raise ValueError(f"need at least 2 classes to train a classifier, got {self.classes_}")
-        trainer = RidgeTrainer(self, has_validation=validation is not None)
+        has_val = validation is not None
+        # auto: both heads, unless the grid given is ridge's (numbers or "reference") or --select loo
+        lt = LogisticTrainer(self, has_val) if self.head == "logistic" or (
+            self.head == "auto" and self.select != "loo" and self.alphas == "auto") else None
+        trainer = RidgeTrainer(self, has_val) if self.head in ("ridge", "auto") else None
         batches = self._fit_encoder(batches, encoded)
         for Y, y in _rebatch(self.project_stream(batches, encoded, check=not encoded), self.accumulate_rows):
-            with t("solve"):
-                trainer.add(Y, _asint(y, Y))
-        if trainer.train.n == 0:
+            y = _asint(y, Y)
+            if trainer is not None:
+                with t("solve"):
+                    trainer.add(Y, y)
+            if lt is not None:
+                try:
+                    lt.add(Y, y)
+                except RowsDoNotFit as full:
+                    if trainer is None:
+                        raise MemoryError(
+                            f"the logistic head keeps the training rows in memory: {full.n:,} rows of "
+                            f"{Y.shape[1]:,} features ({full.nbytes / 2**30:.2f} GiB) passed its limit of "
+                            f"{self.loo_max_rows:,} rows or {lt.max_bytes / 2**30:.2f} GiB; use --head ridge "
+                            "(streamed, any number of rows) or --head auto") from None
+                    lt = None  # the ridge head has every row
+        n = trainer.train.n if trainer is not None else lt.n
+        if n == 0:
             raise ValueError("no training samples: the training split is empty")
-        if trainer.holdout:
+        holdouts = [h for h in (trainer, lt) if h is not None and h.holdout]
+        if holdouts:
             for Y, y in self.project_stream(validation, encoded):
-                trainer.add_validation(Y, _asint(y, Y))
+                for h in holdouts:
+                    h.add_validation(Y, _asint(y, Y))
+        progress = getattr(self, "progress", None)
+        sel_r = sel_l = None
         with t("select_alpha"):
-            sel = self.selection_ = trainer.select()
+            if trainer is not None:
+                sel_r = trainer.select()
+            if lt is not None:
+                sel_l = lt.select(progress)
+        self.head_scores_ = None
+        if trainer is not None and lt is not None:
+            self.head_scores_ = {"ridge": _best_accuracy(sel_r), "logistic": _best_accuracy(sel_l),
+                                 "method": sel_l.method if sel_l is not None else None}
+            scores = self.head_scores_
+            keep_logistic = scores["ridge"] is None or (scores["logistic"] or 0.0) > scores["ridge"]
+            trainer, lt = (None, lt) if keep_logistic else (trainer, None)
+        if lt is not None:
+            with t("solve"):
+                self.coef_, self.intercept_, self.alpha_, self.solver_, self.n_final_ = lt.final(sel_l, progress)
+            self.head_, self.selection_ = "logistic", sel_l
+            self.n_train_, self.n_validation_ = lt.n, lt.n_validation
+            return self._fitted(sel_l)
+        self.head_, sel = "ridge", sel_r
+        self.selection_ = sel
         self.alpha_ = sel.alpha if sel is not None else float(self._grid_or_none()[0])
         with t("solve"):
             self.coef_, self.intercept_, final = trainer.final_solve(self.alpha_)
         self.n_train_, self.n_validation_, self.n_final_ = trainer.train.n, trainer.n_validation, trainer.n_final
+        self.solver_ = (f"select={sel.solver}; " if sel is not None else "") + f"final={final}"
+        return self._fitted(sel)
+
+    def _fitted(self, sel):
+        """The attributes both heads set from their selection and weights."""
         self.validation_accuracy_ = None
         if sel is not None and sel.method == "holdout":
             self.validation_accuracy_ = float(sel.accuracy[sel.best])
             self.validation_scores_ = dict(zip(map(float, sel.alphas), map(float, sel.accuracy)))
-        self.solver_ = (f"select={sel.solver}; " if sel is not None else "") + f"final={final}"
         self.n_features_in_ = getattr(self.projection_, "n_features_", None) or self.coef_.shape[0]
         return self
 
@@ -237,6 +294,13 @@ class TransferClassifier:
     @classmethod
     def from_state(cls, meta: dict, arrays: dict) -> "TransferClassifier":
         return classifier_from_state(cls, meta, arrays)
+
+
+def _best_accuracy(sel):
+    """The held-out accuracy at the chosen alpha, or None (no selection, or one by squared error)."""
+    if sel is None or sel.accuracy is None:
+        return None
+    return float(sel.accuracy[sel.best])
 
 
 def _rebatch(pairs, rows: int):

@@ -8,7 +8,7 @@ engine/evaluate.py's load_model reads it back).
 
 Layout of the .npz: one array per entry of `arrays` and a `__meta__` entry, the UTF-8 bytes of the
 JSON metadata as uint8. The arrays:
-    coef                float64 (k, n_classes)  ridge weights (k: n_components, or the bits for projection none)
+    coef                float64 (k, n_classes)  the head's weights (ridge or logistic) (k: n_components, or the bits for projection none)
     intercept           float64 (n_classes,)
     encoder_thresholds  float32 (F,) for threshold:median, (F, Q) for thresholds:Q; absent for sign
 The metadata: "format" ("otl-transfer-classifier" for a bare classifier; engine/train.py's model
@@ -31,7 +31,7 @@ from kernels.xp import to_host
 FORMAT_VERSION = 2  # 2: selection record, the relative alpha grid, n_final; version 1 files still load
 FORMATS = ("otl-model", "otl-transfer-classifier")
 _PARAMS = ("n_components", "projection", "seed", "fit_intercept", "solver", "matrix_dtype", "camera_bits",
-           "select", "folds", "refit_validation")
+           "select", "folds", "refit_validation", "head")
 
 
 class ModelFileError(ValueError):
@@ -49,7 +49,8 @@ def classifier_state(clf) -> tuple[dict, dict]:
         "n_final": getattr(clf, "n_final_", clf.n_train_),
         "classes": [c.item() if hasattr(c, "item") else c for c in clf.classes_],
         "encoder": clf.encoder_.to_dict(), "encoder_stats": clf.encoder_.stats_,
-        "solver_used": clf.solver_, "n_train": clf.n_train_,
+        "solver_used": clf.solver_, "n_train": clf.n_train_, "head": getattr(clf, "head_", "ridge"),
+        "head_scores": getattr(clf, "head_scores_", None),
         "projection_state": clf.projection_.to_dict() if clf.projection_ is not None else None,
         "validation_accuracy": clf.validation_accuracy_,
     }
@@ -81,6 +82,8 @@ def classifier_from_state(cls, meta: dict, arrays: dict):
         clf.encoder_.set_thresholds(arrays.pop("encoder_thresholds"), meta.get("encoder_stats"))
     clf.projection_ = _projection_from_dict(meta["projection_state"])
     clf.alpha_, clf.classes_, clf.solver_ = meta["alpha"], meta["classes"], meta["solver_used"]
+    clf.head_ = meta.get("head", "ridge")  # files from before the logistic head are ridge
+    clf.head_scores_ = meta.get("head_scores")
     clf.n_train_, clf.validation_accuracy_ = meta["n_train"], meta.get("validation_accuracy")
     clf.n_final_, clf.selection_record_ = meta.get("n_final", meta["n_train"]), meta.get("selection")
     clf.coef_, clf.intercept_ = arrays["coef"], arrays["intercept"]

@@ -43,6 +43,7 @@ class FitConfig:
     alphas: str | tuple = "auto"  # "auto": relative to tr(G)/k, widened at its edges; "reference"; numbers
     select: str = "auto"  # auto | loo | kfold | holdout (see kernels/selection.py)
     folds: int = 5
+    head: str = "auto"  # auto: both, the better held-out accuracy wins (ridge alone past the row budget) | logistic | ridge
     refit_validation: bool = True  # the final model also learns from the validation rows
     projection: str = DEFAULT_PROJECTION  # none (ridge on the features) | sim | lightonml
     seed: int = 0
@@ -80,7 +81,8 @@ def fit(cfg: FitConfig) -> tuple[TransferClassifier, dict]:
             encoder = store.encoder(cfg.encode)
     clf = TransferClassifier(cfg.n_components, encoder, cfg.alphas, cfg.projection, cfg.seed,
                              cfg.fit_intercept, matrix_dtype=cfg.matrix_dtype, camera_bits=cfg.camera_bits,
-                             select=cfg.select, folds=cfg.folds, refit_validation=cfg.refit_validation)
+                             select=cfg.select, folds=cfg.folds, refit_validation=cfg.refit_validation,
+                             head=cfg.head)
     clf.progress = cfg.progress  # the ridge solve's bars (engine/ridge_training.py)
     t = clf.timings_
     if cfg.features:
@@ -102,7 +104,8 @@ def fit(cfg: FitConfig) -> tuple[TransferClassifier, dict]:
         "validation_accuracy": clf.validation_accuracy_, "test_accuracy": test_acc,
         "alpha": clf.alpha_, "select": sel["method"] if sel else "none (one alpha)",
         "selection": sel, "n_train": clf.n_train_, "n_validation": clf.n_validation_,
-        "n_final": clf.n_final_, "n_test": n_test,
+        "n_final": clf.n_final_, "n_test": n_test, "head": clf.head_,
+        "head_scores": clf.head_scores_,
         "n_components": cfg.n_components if cfg.projection != "none" else None, "projection": cfg.projection,
         "encoder": clf.encoder_.spec, "solver": clf.solver_, "classes": clf.classes_,
         "build": src.build_info, "validation_source": src.validation_source if clf.n_validation_ else None,
@@ -136,7 +139,7 @@ def recipe(build_info: dict | None, clf: TransferClassifier, cfg: FitConfig) -> 
             "pool": made.get("pool"), "resize": made.get("resize"), "precision": eng.get("precision"),
             "encoder": clf.encoder_.spec,
             "encoder_stats": clf.encoder_.stats_, "projection": cfg.projection,
-            "n_components": cfg.n_components if cfg.projection != "none" else None}
+            "n_components": cfg.n_components if cfg.projection != "none" else None, "head": clf.head_}
 
 
 class _BuildSource:

@@ -22,13 +22,23 @@ def add_fit(sub) -> None:
                         "thresholds:Q; default: none with --projection none, threshold:median with a projection, "
                         "or a bit store's own encoder (the reference: sign)")
     f.add_argument("--alphas", default="auto",
-                   help="ridge alphas: auto (default: 25 values, 1e-6..1e2 x tr(G)/k, widened when the best is "
-                        "on an edge) | reference (the reference's 15 values, 1e3..9e5) | comma-separated numbers")
+                   help="alphas: auto (default; ridge: 25 values, 1e-6..1e2 x tr(G)/k, widened when the best is "
+                        "on an edge; logistic: 5 values, 1e-5..1e-1 x the rows' mean squared norm, widened "
+                        "likewise) | reference (ridge: the reference's 15 values, 1e3..9e5) | comma-separated "
+                        "numbers (ridge's unless --head logistic)")
     f.add_argument("--select", default="auto", choices=["auto", "loo", "kfold", "holdout"],
                    help="how alpha is chosen: auto (default: holdout on validation data when there is some, else "
-                        "exact leave-one-out while the rows fit in memory, else K-fold) | loo | kfold | holdout "
-                        "(validation/, or --validation-fraction of train, 0.1 if not given)")
-    f.add_argument("--folds", type=integer(2), default=5, help="K for --select kfold (default 5)")
+                        "exact leave-one-out while the rows fit in memory, else K-fold; the logistic head: "
+                        "K-fold) | loo | kfold | holdout (validation/, or --validation-fraction of train, 0.1 if "
+                        "not given)")
+    f.add_argument("--folds", type=integer(2), default=5,
+                   help="K for --select kfold, and for the logistic head's choice of alpha (default 5)")
+    f.add_argument("--head", default="auto", choices=["auto", "logistic", "ridge"],
+                   help="the classifier: auto (default: both heads, the one with the better held-out accuracy "
+                        "at its alpha is kept, ties to ridge; ridge alone when the training rows do not fit in "
+                        "memory, with --select loo or given --alphas) | logistic (multinomial logistic "
+                        "regression, L-BFGS, alpha by K-fold or holdout) | ridge (the reference's: normal "
+                        "equations streamed, any number of rows)")
     f.add_argument("--no-refit-validation", action="store_true",
                    help="fit the final model on train only (default: train + validation rows)")
     f.add_argument("--projection", default="none",  # engine.train.DEFAULT_PROJECTION (not imported: CLI start-up)
@@ -53,7 +63,7 @@ def run_fit(a: argparse.Namespace) -> dict:
                          "(the default: ridge on the features themselves); add --projection sim (or lightonml) "
                          "to project, or drop --n-components")
     cfg = FitConfig(build=a.build, features=a.features, data=a.data, n_components=a.n_components or 4000,
-                    encode=a.encode, alphas=parse_alphas(a.alphas), select=a.select, folds=a.folds,
+                    encode=a.encode, alphas=parse_alphas(a.alphas), select=a.select, folds=a.folds, head=a.head,
                     refit_validation=not a.no_refit_validation, projection=a.projection, seed=a.seed,
                     fit_intercept=not a.no_intercept, matrix_dtype=a.matrix_dtype, camera_bits=a.camera_bits,
                     test_fraction=a.test_fraction, validation_fraction=a.validation_fraction,
@@ -73,11 +83,14 @@ def _print_fit(res: dict, out) -> None:
     rows = f"{res['n_train']} train" + (f" + {res['n_validation']} validation" if res["n_final"] > res["n_train"] else "")
     print(f"trained on {res['n_final']} images ({rows}), {len(res['classes'])} classes, "
           + (f"{res['n_components']} optical components" if res["n_components"] else
-             "ridge on the features (no projection)"))
+             "the features themselves (no projection)") + f", {res['head']} head")
     r = res["recipe"]
     size = f" input {r['input_size']}" if r.get("input_size") else ""
     print(f"  recipe: {r['model']} {r['cut']}{size} pool {r['pool']} resize {r['resize']} {r['precision']} -> "
           f"encoder {r['encoder']} -> projection {r['projection']}")
+    hs = res.get("head_scores")
+    if hs:
+        print(f"  head {res['head']}: held-out accuracy ridge {acc(hs['ridge'])}, logistic {acc(hs['logistic'])}")
     print(f"  alpha {res['alpha']:.4g} chosen by {how}"
           + (f" ({len(sel['alphas'])} alphas, {sel['n_scored']} rows scored)" if sel else ""))
     for w in sel.get("warnings", []):

@@ -137,12 +137,16 @@ def test_fit_job_on_digits_engine_store_and_reload(tiny_engine, tmp_path):
     from engine.store import write_store
 
     eng = Build(res["build_dir"])
-    sp = load_splits(None, eng.preprocess)  # the fit's own split: no validation, LOO on train
+    sp = load_splits(None, eng.preprocess)  # the fit's own split: no validation, K-fold on train
     with Featurizer(eng, 64, workers=0, progress=False) as f:
         write_store(tmp_path / "store", f, {"train": sp.train, "validation": sp.validation, "test": sp.test},
                     fmt="bits", classes=sp.classes, source=sp.source)
     _, s2 = fit(FitConfig(features=str(tmp_path / "store"), n_components=1000, projection="sim", progress=False))
-    assert s["select"] == s2["select"] == "loo" and s2["validation_source"] is None
+    # no validation data: auto scores both heads on the training rows (ridge by exact LOO, logistic by 5-fold)
+    hs = s["head_scores"]
+    assert s["head"] == s2["head"] == ("logistic" if hs["logistic"] > hs["ridge"] else "ridge")
+    assert s["select"] == s2["select"] == {"ridge": "loo", "logistic": "kfold(5)"}[s["head"]]
+    assert s2["head_scores"] == pytest.approx(hs) and s2["validation_source"] is None
     assert s2["test_accuracy"] == pytest.approx(s["test_accuracy"], abs=0.01)
     assert s2["alpha"] == pytest.approx(s["alpha"], rel=1e-6)
     assert s2["split"]["split_hashes"] == s["split"]["split_hashes"]

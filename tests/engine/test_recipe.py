@@ -291,10 +291,11 @@ def test_default_recipe_input_and_pool():
     assert resolve_recipe(BuildConfig(model="mobilenet_v2", weights="random", input_size=224)).pool == "avg3"
 
 
-def test_fit_default_is_ridge_on_the_features(tiny_engine, tmp_path, capsys):
-    """`otl fit` with nothing said: no projection, no encoder: sklearn's RidgeClassifier on the very
-    features the build gives, at the alpha it chose. --n-components without a projection is refused."""
-    from sklearn.linear_model import RidgeClassifier
+def test_fit_heads_on_the_features_equal_sklearn(tiny_engine, tmp_path, capsys):
+    """`otl fit` with no projection and no encoder (the default): each head is scikit-learn's model on
+    the very features the build gives, at the alpha given: --head logistic its LogisticRegression
+    (C = 1/alpha), --head ridge its RidgeClassifier. --n-components without a projection is refused."""
+    from sklearn.linear_model import LogisticRegression, RidgeClassifier
 
     from engine.cli import main
     from engine.data import load_splits
@@ -302,9 +303,6 @@ def test_fit_default_is_ridge_on_the_features(tiny_engine, tmp_path, capsys):
     from engine.train import FitConfig, fit
 
     res, _ = tiny_engine
-    clf, s = fit(FitConfig(build=res["build_dir"], alphas=(2.0,), progress=False, workers=0))
-    r = s["recipe"]
-    assert (r["encoder"], r["projection"], r["n_components"], s["n_components"]) == ("none", "none", None, None)
     eng = Build(res["build_dir"])
     sp = load_splits(None, eng.preprocess)
     with Featurizer(eng, 64, workers=0, progress=False) as f:
@@ -312,10 +310,24 @@ def test_fit_default_is_ridge_on_the_features(tiny_engine, tmp_path, capsys):
         te = [b for b in f.featurize(sp.test)]
     X, y = np.concatenate([b[0] for b in tr]).astype(np.float64), np.concatenate([b[1] for b in tr])
     Xt, yt = np.concatenate([b[0] for b in te]).astype(np.float64), np.concatenate([b[1] for b in te])
-    ref = RidgeClassifier(alpha=2.0).fit(X, y)
-    assert s["test_accuracy"] == pytest.approx(ref.score(Xt, yt), abs=1 / len(yt) + 1e-9)
-    index = {c: i for i, c in enumerate(clf.classes_)}  # the classifier names classes, the split numbers them
-    agree = np.mean(np.array([index[p] for p in clf.predict(Xt.astype(np.float32))]) == ref.predict(Xt))
-    assert agree >= 0.99, agree
+    # sklearn's lbfgs crawls on these unscaled rows (norm ~200): it fits rows scaled by c, with
+    # C = c² / alpha, the same problem (logits x W = (x / c)(c W), penalty alpha/2 |W|²).
+    c = np.sqrt((X ** 2).sum(1).mean())
+    alphas = {"logistic": 2000.0, "ridge": 2.0}
+    refs = {"logistic": LogisticRegression(C=c ** 2 / alphas["logistic"], tol=1e-8, max_iter=5000).fit(X / c, y),
+            "ridge": RidgeClassifier(alpha=alphas["ridge"]).fit(X, y)}
+    for head in ("logistic", "ridge"):
+        clf, s = fit(FitConfig(build=res["build_dir"], alphas=(alphas[head],), progress=False, workers=0,
+                               head=head))
+        r = s["recipe"]
+        assert (r["encoder"], r["projection"], r["n_components"], s["n_components"]) == ("none", "none", None, None)
+        ref = refs[head]
+        assert s["head"] == head == r["head"]
+        assert s["test_accuracy"] == pytest.approx(ref.score(Xt / (c if head == "logistic" else 1), yt),
+                                                   abs=1 / len(yt) + 1e-9)
+        index = {c: i for i, c in enumerate(clf.classes_)}  # the classifier names classes, the split numbers them
+        pred = ref.predict(Xt / (c if head == "logistic" else 1))
+        agree = np.mean(np.array([index[p] for p in clf.predict(Xt.astype(np.float32))]) == pred)
+        assert agree >= 0.99, (head, agree)
     assert main(["fit", "--build", res["build_dir"], "--n-components", "64", "--json", "--quiet"]) == 2
     assert "counts optical components, but the projection is none" in capsys.readouterr().out
