@@ -172,7 +172,8 @@ class TransferClassifier:
         holdout, as above; "loo" is refused), MemoryError past the row budget; "auto" fits both
         and keeps the one with the better held-out accuracy at its chosen alpha (ties: ridge),
         ridge alone once the rows pass the budget, with select="loo", or with a given alpha grid
-        (numbers or "reference" are ridge's).
+        (numbers or "reference" are ridge's). Ridge's K-fold (select="kfold") scores squared error
+        only, so there auto has no ridge accuracy to compare and keeps the logistic head.
         """
         from engine.logistic_training import LogisticTrainer, RowsDoNotFit
         from engine.ridge_training import RidgeTrainer
@@ -201,7 +202,7 @@ class TransferClassifier:
                         raise MemoryError(
                             f"the logistic head keeps the training rows in memory: {full.n:,} rows of "
                             f"{Y.shape[1]:,} features ({full.nbytes / 2**30:.2f} GiB) passed its limit of "
-                            f"{self.loo_max_rows:,} rows or {lt.max_bytes / 2**30:.2f} GiB; use --head ridge "
+                            f"{self.loo_max_rows or 0:,} rows or {lt.max_bytes / 2**30:.2f} GiB; use --head ridge "
                             "(streamed, any number of rows) or --head auto") from None
                     lt = None  # the ridge head has every row
         n = trainer.train.n if trainer is not None else lt.n

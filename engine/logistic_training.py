@@ -89,6 +89,9 @@ class LogisticTrainer:
         self.rows = self.labels = None  # one copy of the rows from here on
         grid, widen, fi = self.grid, self.widen, self.clf.fit_intercept
         self._models, self._val = {}, None
+        if self.holdout and self.n_validation:  # scored on when selecting, and refit on unless told not to
+            self._val = (xp.concatenate(self.val_rows).astype(xp.float32, copy=False),
+                         xp.concatenate(self.val_labels).astype(xp.int64))
         with progress_bar(progress, total=1, desc="logistic: choose alpha", unit="step") as bar:
             space = L.RowSpace(X)
             if grid is None:
@@ -99,8 +102,6 @@ class LogisticTrainer:
                 if not self.n_validation:
                     raise SelectionError("--select holdout: the validation split is empty; give validation images "
                                          "or use --select kfold")
-                self._val = (xp.concatenate(self.val_rows).astype(xp.float32, copy=False),
-                             xp.concatenate(self.val_labels).astype(xp.int64))
                 Xv, yv = self._val
                 score = L.holdout_scorer(space.Z, y, space.transform(Xv), yv, self.nc, fi, self._models)
                 sel = search(score, grid, widen, "holdout")

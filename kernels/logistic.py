@@ -3,9 +3,10 @@
     minimize over W (k, c), b (c,):   sum_i [logsumexp(x_i W + b) - (x_i W + b)_{y_i}] + alpha/2 ||W||²
 
 (scikit-learn's LogisticRegression(C=1/alpha), multinomial; the intercept is not penalized). The
-problem is strictly convex for alpha > 0, so it has one optimum; L-BFGS (Nocedal & Wright,
-algorithm 7.4, memory 10) with a backtracking Armijo line search finds it. Every curvature pair
-of a strictly convex function has sᵀy >= alpha ||s||² > 0, so none is ever skipped.
+problem is convex, strictly in W for alpha > 0 (the intercepts are defined up to a common
+constant, which softmax ignores), so its predictions have one optimum; L-BFGS (Nocedal & Wright,
+algorithm 7.4, memory 10) with a backtracking Armijo line search finds it. A curvature pair with
+sᵀy <= 0 (a step along that constant alone) is skipped.
 
 When the rows are fewer than the features (n < k: pooled maps, many optical components) the model
 lives in the rows' span: X = U S Vᵀ, W = V A, ||W|| = ||A||, so the problem on the n x r scores
@@ -66,7 +67,8 @@ def fit(Z, y, n_classes: int, alpha: float, W0=None, b0=None, max_iter: int = MA
     xp = get_array_module(Z)
     alpha = check_alpha(alpha)
     n, r = Z.shape
-    c = float(xp.sqrt((Z.astype(xp.float64) ** 2).sum() / max(n, 1)))
+    flat = Z.reshape(-1)
+    c = float(flat @ flat) ** 0.5 / max(n, 1) ** 0.5  # no n x r temporaries: fit runs once per fold and alpha
     if not np.isfinite(c) or c == 0:
         c = 1.0
     Z, alpha = Z * Z.dtype.type(1.0 / c), alpha / c ** 2
@@ -153,7 +155,9 @@ class RowSpace:
         if not self.reduced:
             self.Z = X
             return
-        G = X.astype(xp.float64) @ X.T.astype(xp.float64)
+        X64 = X.astype(xp.float64)  # one float64 copy, not two
+        G = X64 @ X64.T
+        del X64
         s2, U = xp.linalg.eigh(G)
         keep = s2 > max(float(s2[-1]), 1e-300) * n * np.finfo(np.float64).eps
         s = xp.sqrt(s2[keep])

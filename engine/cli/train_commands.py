@@ -29,7 +29,7 @@ def add_fit(sub) -> None:
     f.add_argument("--select", default="auto", choices=["auto", "loo", "kfold", "holdout"],
                    help="how alpha is chosen: auto (default: holdout on validation data when there is some, else "
                         "exact leave-one-out while the rows fit in memory, else K-fold; the logistic head: "
-                        "K-fold) | loo | kfold | holdout (validation/, or --validation-fraction of train, 0.1 if "
+                        "holdout or K-fold) | loo | kfold | holdout (validation/, or --validation-fraction of train, 0.1 if "
                         "not given)")
     f.add_argument("--folds", type=integer(2), default=5,
                    help="K for --select kfold, and for the logistic head's choice of alpha (default 5)")

@@ -198,3 +198,19 @@ def test_holdout_head_scores_validation_and_refits_on_train_plus_validation():
         assert acc == pytest.approx(_sk(X[:200], y[:200], a).score(X[200:], y[200:]), abs=1 / 100 + 1e-12)
     ref = _sk(X, y, clf.alpha_)  # the final model: every row
     assert np.mean(clf.predict(X) == ref.predict(X)) >= 0.99
+
+
+def test_one_alpha_with_validation_rows_refits_on_them_as_ridge_does():
+    """No selection to run, but the validation rows still join the final model (refit_validation),
+    and are kept out of it when told (the model then equals train alone)."""
+    X, y = _problem(300, 12)
+    X = X.astype(np.float32)
+    both = TransferClassifier(encoder="none", projection="none", head="logistic", alphas=[5.0])
+    both.fit(X[:200], y[:200], X_val=X[200:], y_val=y[200:])
+    assert both.selection_ is None and both.n_final_ == 300
+    assert np.mean(both.predict(X) == _sk(X, y, 5.0).predict(X)) >= 0.99
+    train = TransferClassifier(encoder="none", projection="none", head="logistic", alphas=[5.0],
+                               refit_validation=False).fit(X[:200], y[:200], X_val=X[200:], y_val=y[200:])
+    assert train.n_final_ == 200
+    ref = _sk(X[:200], y[:200], 5.0)
+    assert np.abs(train.coef_ - ref.coef_.T).max() < 1e-3 * np.abs(ref.coef_).max()
