@@ -211,8 +211,9 @@ class TransferClassifier:
         holdouts = [h for h in (trainer, lt) if h is not None and h.holdout]
         if holdouts:
             for Y, y in self.project_stream(validation, encoded):
+                y = _asint(y, Y)
                 for h in holdouts:
-                    h.add_validation(Y, _asint(y, Y))
+                    h.add_validation(Y, y)
         progress = getattr(self, "progress", None)
         sel_r = sel_l = None
         with t("select_alpha"):
@@ -246,7 +247,7 @@ class TransferClassifier:
         """The attributes both heads set from their selection and weights."""
         self.validation_accuracy_ = None
         if sel is not None and sel.method == "holdout":
-            self.validation_accuracy_ = float(sel.accuracy[sel.best])
+            self.validation_accuracy_ = _best_accuracy(sel)
             self.validation_scores_ = dict(zip(map(float, sel.alphas), map(float, sel.accuracy)))
         self.n_features_in_ = getattr(self.projection_, "n_features_", None) or self.coef_.shape[0]
         return self

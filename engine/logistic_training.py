@@ -86,7 +86,7 @@ class LogisticTrainer:
         xp = get_array_module(self.rows[0])
         X = xp.concatenate(self.rows).astype(xp.float32, copy=False)
         y = xp.concatenate(self.labels).astype(xp.int64)
-        self.rows = self.labels = None  # one copy of the rows from here on
+        self.rows = self.labels = None  # the blocks go with the concatenation (unless ridge holds them too)
         grid, widen, fi = self.grid, self.widen, self.clf.fit_intercept
         self._models, self._val = {}, None
         if self.holdout and self.n_validation:  # scored on when selecting, and refit on unless told not to

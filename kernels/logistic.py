@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from kernels.solvers import check_alphas
 from kernels.xp import get_array_module
 
 MEMORY = 10
@@ -32,13 +33,6 @@ CV_TOL = 1e-2  # while scoring alphas: the accuracies settle long before the coe
 # on an edge widens it (kernels/selection.search). On pooled MobileNetV2 features of clothing's
 # full set the 5-fold accuracy was flat within 0.2 points from 1e-6 to 1e-2 of this scale.
 GRID = tuple(10.0 ** e for e in range(-5, 0))
-
-
-def check_alpha(alpha) -> float:
-    a = float(alpha)
-    if not np.isfinite(a) or a <= 0:
-        raise ValueError(f"the logistic head's alpha must be finite and > 0, got {alpha!r}")
-    return a
 
 
 def _loss_grad(Z, y, onehot_rows, W, b, alpha):
@@ -65,7 +59,7 @@ def fit(Z, y, n_classes: int, alpha: float, W0=None, b0=None, max_iter: int = MA
     alpha / c² and W c, so features of any magnitude (random-weight networks give 1e-8) converge
     alike; the stopping test is relative to the gradient at the zero model, whatever the start."""
     xp = get_array_module(Z)
-    alpha = check_alpha(alpha)
+    alpha = float(check_alphas(alpha)[0])
     n, r = Z.shape
     flat = Z.reshape(-1)
     c = float(flat @ flat) ** 0.5 / max(n, 1) ** 0.5  # no n x r temporaries: fit runs once per fold and alpha
@@ -189,7 +183,7 @@ def kfold_scorer(Z, y, n_classes: int, folds: int, seed: int, fit_intercept: boo
     y_host = np.asarray(y.get() if hasattr(y, "get") else y)
     fold = fold_of(np.arange(len(y_host)), folds, seed)
     y = xp.asarray(y_host)
-    starts = {}  # fold -> (alpha, W, b) last solved: the next grid portion starts from it
+    starts = {}  # fold -> (W, b) last solved: the next grid portion starts from it
 
     def score(alphas):
         order = np.argsort(alphas)[::-1]
@@ -202,9 +196,7 @@ def kfold_scorer(Z, y, n_classes: int, folds: int, seed: int, fit_intercept: boo
                 continue
             tr, te = xp.asarray(np.flatnonzero(~test)), xp.asarray(np.flatnonzero(test))
             scored += len(te)
-            W = b = None
-            if f in starts:
-                W, b = starts[f][1], starts[f][2]
+            W, b = starts.get(f, (None, None))
             T = _onehot(y[te], n_classes, Z.dtype)
             Ztr, ytr, Zte = Z[tr], y[tr], Z[te]
             for i in order:
@@ -212,7 +204,7 @@ def kfold_scorer(Z, y, n_classes: int, folds: int, seed: int, fit_intercept: boo
                 P = probabilities(Zte, W, b)
                 correct[i] += float((xp.argmax(P, axis=1) == y[te]).sum())
                 sq[i] += float(((P - T) ** 2).sum())
-            starts[f] = (alphas[order[-1]], W, b)
+            starts[f] = (W, b)
         return correct / max(scored, 1), sq, scored, f"logistic-lbfgs kfold({folds})"
 
     return score
