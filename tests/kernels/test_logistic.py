@@ -46,8 +46,9 @@ def test_row_space_solves_the_same_problem_in_fewer_columns(xp):
     ref = _sk(X, y, 2.0)
     W = to_host(space.coef(A))
     assert np.abs(W - ref.coef_.T).max() < 1e-5 * np.abs(ref.coef_).max()
-    Xo = np.random.default_rng(1).standard_normal((7, 300))  # other rows' scores: the same logits
-    assert np.allclose(to_host(space.transform(xp.asarray(Xo)) @ A), Xo @ W, atol=1e-8)
+    Xo = np.random.default_rng(1).standard_normal((7, 300))  # other rows, through the basis: sklearn's probabilities
+    P = to_host(L.probabilities(space.transform(xp.asarray(Xo)), A, b))
+    assert np.allclose(P, ref.predict_proba(Xo), atol=1e-5)
     X2, _ = _problem(80, 30)
     assert L.RowSpace(X2).Z is X2  # n >= k: nothing to gain
 
